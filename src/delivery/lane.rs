@@ -1,0 +1,372 @@
+//! One lane per subscriber: its queue of deliveries ordered by due time, its
+//! in-flight limit and its circuit breaker.
+//!
+//! The lane task owns the queue and the breaker, so neither needs a lock.
+//! Each attempt runs in its own task holding a semaphore permit; when it
+//! ends (result persisted), it reports back and the lane reschedules or
+//! forgets the delivery. A subscriber that hangs only fills its own
+//! permits: other lanes never wait for it.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, Semaphore};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use super::breaker::CircuitBreaker;
+use super::client::{AttemptResult, DeliveryClient};
+use crate::config::Subscriber;
+use crate::metrics::Metrics;
+use crate::store::{now_ms, AttemptRecord, AttemptUpdate, Next, Store};
+
+/// A delivery waiting in a lane.
+#[derive(Debug, Clone)]
+pub struct Job {
+    /// `{event_id}.{subscriber}`.
+    pub delivery_id: String,
+    /// The event.
+    pub event_id: String,
+    /// Attempts made so far in this schedule.
+    pub attempts: u32,
+    /// Next attempt time, unix ms.
+    pub due_ms: u64,
+    /// Start of the schedule (`max_elapsed` counts from here).
+    pub schedule_start_ms: u64,
+    /// Receipt time (for the latency histogram).
+    pub received_ms: u64,
+    /// The body when known; loaded from the store otherwise (after a restart).
+    pub body: Option<Bytes>,
+}
+
+/// Counters of one lane, read by the admin API.
+#[derive(Debug, Default)]
+pub struct LaneStats {
+    /// Attempts running now.
+    pub in_flight: AtomicU64,
+    /// 0 closed, 1 open, 2 half-open.
+    pub circuit: AtomicU8,
+}
+
+impl LaneStats {
+    /// The breaker's state as a word.
+    pub fn circuit_name(&self) -> &'static str {
+        match self.circuit.load(Ordering::Relaxed) {
+            1 => "open",
+            2 => "half_open",
+            _ => "closed",
+        }
+    }
+}
+
+/// Messages to a lane.
+pub enum LaneMsg {
+    /// A delivery to schedule.
+    Job(Job),
+    /// New settings after a reload.
+    Update(Arc<Subscriber>),
+}
+
+/// What an attempt task reports back.
+struct AttemptDone {
+    /// For the breaker: false on transport errors, timeouts, 5xx, 429.
+    healthy: bool,
+    /// The delivery again, when it must be retried.
+    retry: Option<Job>,
+}
+
+/// What a lane needs from the gateway.
+pub struct LaneDeps {
+    /// Durable state.
+    pub store: Arc<dyn Store>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Tracks attempt tasks so shutdown can let them finish.
+    pub tracker: TaskTracker,
+}
+
+/// The lane task's state.
+pub struct Lane {
+    subscriber: Arc<Subscriber>,
+    client: DeliveryClient,
+    deps: Arc<LaneDeps>,
+    stats: Arc<LaneStats>,
+    rx: mpsc::UnboundedReceiver<LaneMsg>,
+    stop: CancellationToken,
+}
+
+impl Lane {
+    /// A lane for `subscriber`, fed through `rx`.
+    pub fn new(
+        subscriber: Arc<Subscriber>,
+        client: DeliveryClient,
+        deps: Arc<LaneDeps>,
+        stats: Arc<LaneStats>,
+        rx: mpsc::UnboundedReceiver<LaneMsg>,
+        stop: CancellationToken,
+    ) -> Self {
+        Self {
+            subscriber,
+            client,
+            deps,
+            stats,
+            rx,
+            stop,
+        }
+    }
+
+    /// Runs until stopped: starts due attempts within the limits, waits for
+    /// new deliveries, finished attempts or the next due time.
+    pub async fn run(mut self) {
+        let mut queue: BTreeMap<(u64, u64), Job> = BTreeMap::new();
+        let mut seq = 0u64;
+        let mut breaker = CircuitBreaker::new(self.subscriber.breaker);
+        let mut permits = Arc::new(Semaphore::new(self.subscriber.max_in_flight as usize));
+        let (done_tx, mut done_rx) = mpsc::unbounded_channel::<AttemptDone>();
+        let labels = [&*self.subscriber.route, &*self.subscriber.name];
+        let circuit_gauge = self.deps.metrics.circuit_open.with_label_values(&labels);
+        loop {
+            let now = Instant::now();
+            let wall = now_ms();
+            while let Some(entry) = queue.first_entry() {
+                if entry.key().0 > wall || !breaker.allows(now) {
+                    break;
+                }
+                let Ok(permit) = permits.clone().try_acquire_owned() else {
+                    break;
+                };
+                let job = entry.remove();
+                breaker.on_start();
+                self.stats.in_flight.fetch_add(1, Ordering::Relaxed);
+                let task = attempt(
+                    self.deps.clone(),
+                    self.subscriber.clone(),
+                    self.client.clone(),
+                    job,
+                );
+                let done_tx = done_tx.clone();
+                let stats = self.stats.clone();
+                self.deps.tracker.spawn(async move {
+                    let done = task.await;
+                    stats.in_flight.fetch_sub(1, Ordering::Relaxed);
+                    drop(permit);
+                    let _ = done_tx.send(done);
+                });
+            }
+            let circuit = match (breaker.is_open(), breaker.reopens_at()) {
+                (false, _) => 0,
+                (true, Some(_)) => 1,
+                (true, None) => 2,
+            };
+            self.stats.circuit.store(circuit, Ordering::Relaxed);
+            circuit_gauge.set(i64::from(circuit != 0));
+
+            // Sleep until something can start: never while all permits are
+            // taken or a probe is out (a finishing attempt wakes us).
+            let wake = if permits.available_permits() == 0 {
+                None
+            } else if let Some(until) = breaker.reopens_at() {
+                Some(until)
+            } else if breaker.is_open() {
+                None
+            } else {
+                queue
+                    .first_key_value()
+                    .map(|((due, _), _)| now + Duration::from_millis(due.saturating_sub(wall)))
+            };
+            tokio::select! {
+                biased;
+                _ = self.stop.cancelled() => break,
+                msg = self.rx.recv() => match msg {
+                    Some(LaneMsg::Job(job)) => {
+                        seq += 1;
+                        queue.insert((job.due_ms, seq), job);
+                    }
+                    Some(LaneMsg::Update(subscriber)) => {
+                        if subscriber.max_in_flight != self.subscriber.max_in_flight {
+                            permits = Arc::new(Semaphore::new(subscriber.max_in_flight as usize));
+                        }
+                        breaker = CircuitBreaker::new(subscriber.breaker);
+                        self.subscriber = subscriber;
+                    }
+                    None => break,
+                },
+                Some(done) = done_rx.recv() => {
+                    breaker.record(done.healthy, Instant::now());
+                    if let Some(job) = done.retry {
+                        seq += 1;
+                        queue.insert((job.due_ms, seq), job);
+                    }
+                }
+                _ = tokio::time::sleep_until(wake.unwrap_or(now)), if wake.is_some() => {}
+            }
+        }
+        circuit_gauge.set(0);
+    }
+}
+
+/// One attempt: send, decide what follows, persist it, report back.
+async fn attempt(
+    deps: Arc<LaneDeps>,
+    subscriber: Arc<Subscriber>,
+    client: DeliveryClient,
+    mut job: Job,
+) -> AttemptDone {
+    let labels = [&*subscriber.route, &*subscriber.name];
+    let body = match job.body.take() {
+        Some(body) => body,
+        None => match deps.store.body(&job.event_id).await {
+            Ok(Some(body)) => body,
+            Ok(None) => {
+                tracing::error!(delivery = %job.delivery_id, "event body missing from the store");
+                let reason = "event body missing from the store";
+                let _ = deps.store.kill(&job.delivery_id, reason, now_ms()).await;
+                finish(&deps, &labels, "dead");
+                return AttemptDone {
+                    healthy: true,
+                    retry: None,
+                };
+            }
+            Err(e) => {
+                tracing::warn!(delivery = %job.delivery_id, error = %e, "cannot read body; retrying in 1s");
+                job.due_ms = now_ms() + 1000;
+                return AttemptDone {
+                    healthy: true,
+                    retry: Some(job),
+                };
+            }
+        },
+    };
+    let number = job.attempts + 1;
+    let at_ms = now_ms();
+    let span = tracing::info_span!(
+        "delivery_attempt",
+        route = %subscriber.route,
+        subscriber = %subscriber.name,
+        event_id = %job.event_id,
+        attempt = number,
+    );
+    let result = client
+        .send(&subscriber, &job.event_id, number, body.clone())
+        .instrument(span.clone())
+        .await;
+    let m = &deps.metrics;
+    m.attempts
+        .with_label_values(&[labels[0], labels[1], result.class])
+        .inc();
+    m.attempt_duration
+        .with_label_values(&labels)
+        .observe(result.elapsed.as_secs_f64());
+    let next = decide(&subscriber, &job, number, &result, now_ms());
+    span.in_scope(|| match (&result.status, &result.error) {
+        (Some(status), _) => tracing::info!(
+            status = status.as_u16(),
+            duration_ms = result.elapsed.as_millis() as u64,
+            next = ?next,
+            "attempt finished"
+        ),
+        (None, error) => tracing::info!(
+            error = error.as_deref().unwrap_or(""),
+            duration_ms = result.elapsed.as_millis() as u64,
+            next = ?next,
+            "attempt failed"
+        ),
+    });
+    let update = AttemptUpdate {
+        delivery_id: job.delivery_id.clone(),
+        attempt: AttemptRecord {
+            attempt: number,
+            at_ms,
+            status: result.status.map(|s| s.as_u16()),
+            error: result.error.clone(),
+            duration_ms: result.elapsed.as_millis() as u64,
+        },
+        next: next.clone(),
+    };
+    if let Err(e) = deps.store.record_attempt(update).await {
+        // The in-memory schedule goes on; after a restart the store's older
+        // state is resumed, so at worst an attempt is repeated.
+        tracing::error!(delivery = %job.delivery_id, error = %e, "cannot persist attempt result");
+    }
+    let healthy = match result.status {
+        Some(s) => !(s.is_server_error() || s.as_u16() == 429),
+        None => false,
+    };
+    match next {
+        Next::Retry { due_ms } => {
+            job.attempts = number;
+            job.due_ms = due_ms;
+            job.body = Some(body);
+            AttemptDone {
+                healthy,
+                retry: Some(job),
+            }
+        }
+        Next::Delivered => {
+            m.delivery_latency
+                .with_label_values(&labels)
+                .observe(now_ms().saturating_sub(job.received_ms) as f64 / 1000.0);
+            finish(&deps, &labels, "delivered");
+            AttemptDone {
+                healthy,
+                retry: None,
+            }
+        }
+        Next::Dead { .. } => {
+            m.dead_letters.with_label_values(&labels).inc();
+            finish(&deps, &labels, "dead");
+            AttemptDone {
+                healthy,
+                retry: None,
+            }
+        }
+    }
+}
+
+fn finish(deps: &LaneDeps, labels: &[&str; 2], outcome: &str) {
+    deps.metrics
+        .deliveries
+        .with_label_values(&[labels[0], labels[1], outcome])
+        .inc();
+    deps.metrics.pending.with_label_values(labels).dec();
+}
+
+/// What follows an attempt: DESIGN.md's retry rules.
+pub fn decide(
+    subscriber: &Subscriber,
+    job: &Job,
+    number: u32,
+    result: &AttemptResult,
+    now_ms: u64,
+) -> Next {
+    let last = match (result.status, &result.error) {
+        (Some(status), _) if status.is_success() => return Next::Delivered,
+        (Some(status), _) if status.as_u16() == 410 => {
+            return Next::Dead {
+                reason: "subscriber answered 410 Gone".into(),
+            }
+        }
+        (Some(status), _) => format!("HTTP {}", status.as_u16()),
+        (None, Some(error)) => error.clone(),
+        (None, None) => "unknown error".into(),
+    };
+    let policy = &subscriber.retry;
+    let delay = policy.delay(number, result.retry_after, rand::random::<f64>());
+    let due_ms = now_ms + delay.as_millis() as u64;
+    let budget = policy.config.max_elapsed.as_millis() as u64;
+    if due_ms.saturating_sub(job.schedule_start_ms) > budget {
+        Next::Dead {
+            reason: format!(
+                "gave up after {number} attempts (max_elapsed {}); last: {last}",
+                crate::config::duration::format(policy.config.max_elapsed)
+            ),
+        }
+    } else {
+        Next::Retry { due_ms }
+    }
+}

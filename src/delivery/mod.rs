@@ -1,0 +1,231 @@
+//! Delivery: from durable deliveries to subscribers' 2xx.
+//!
+//! The [`Dispatcher`] keeps one [`lane::Lane`] per (route, subscriber) and
+//! routes each delivery to its lane. Lanes are independent tasks: a slow or
+//! dead subscriber fills only its own in-flight permits and trips only its
+//! own circuit breaker.
+
+pub mod breaker;
+pub mod client;
+pub mod lane;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, RwLock};
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{Runtime, Subscriber};
+use crate::metrics::Metrics;
+use crate::store::{DeliveryRecord, Store};
+use client::DeliveryClient;
+use lane::{Job, Lane, LaneDeps, LaneMsg, LaneStats};
+
+struct LaneHandle {
+    subscriber: Arc<Subscriber>,
+    tx: mpsc::UnboundedSender<LaneMsg>,
+    stats: Arc<LaneStats>,
+    stop: CancellationToken,
+}
+
+/// A lane's state for the admin API.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LaneSnapshot {
+    /// Route name.
+    pub route: String,
+    /// Subscriber name.
+    pub subscriber: String,
+    /// Attempts running now.
+    pub in_flight: u64,
+    /// Deliveries not finished.
+    pub pending: i64,
+    /// Dead letters held.
+    pub dead_letters: i64,
+    /// `closed`, `open` or `half_open`.
+    pub circuit: &'static str,
+}
+
+/// Routes deliveries to per-subscriber lanes.
+pub struct Dispatcher {
+    lanes: RwLock<HashMap<(Arc<str>, Arc<str>), LaneHandle>>,
+    deps: Arc<LaneDeps>,
+    default_client: DeliveryClient,
+    ca_clients: RwLock<HashMap<PathBuf, DeliveryClient>>,
+    shutdown: CancellationToken,
+}
+
+impl Dispatcher {
+    /// A dispatcher with no lanes yet; call [`Dispatcher::sync`].
+    pub fn new(
+        store: Arc<dyn Store>,
+        metrics: Arc<Metrics>,
+        tracker: TaskTracker,
+        shutdown: CancellationToken,
+    ) -> Self {
+        Self {
+            lanes: RwLock::new(HashMap::new()),
+            deps: Arc::new(LaneDeps {
+                store,
+                metrics,
+                tracker,
+            }),
+            default_client: DeliveryClient::new(&[]),
+            ca_clients: RwLock::new(HashMap::new()),
+            shutdown,
+        }
+    }
+
+    fn client_for(&self, subscriber: &Subscriber) -> DeliveryClient {
+        let Some(path) = &subscriber.ca_file else {
+            return self.default_client.clone();
+        };
+        if let Some(client) = self.ca_clients.read().expect("client map").get(path) {
+            return client.clone();
+        }
+        match DeliveryClient::for_ca_file(path) {
+            Ok(client) => {
+                self.ca_clients
+                    .write()
+                    .expect("client map")
+                    .insert(path.clone(), client.clone());
+                client
+            }
+            Err(e) => {
+                // Validated at load; if the file vanished since, fall back to webpki roots.
+                tracing::error!(error = %e, "subscriber CA file unusable; using default roots");
+                self.default_client.clone()
+            }
+        }
+    }
+
+    /// Makes the lanes match `runtime`: starts lanes for new subscribers,
+    /// updates changed ones, stops removed ones. Returns the (route,
+    /// subscriber) pairs removed.
+    pub fn sync(&self, runtime: &Runtime) -> Vec<(String, String)> {
+        let mut lanes = self.lanes.write().expect("lane map");
+        let mut wanted = HashMap::new();
+        for subscriber in runtime.subscribers() {
+            wanted.insert(
+                (subscriber.route.clone(), subscriber.name.clone()),
+                subscriber.clone(),
+            );
+        }
+        let mut removed = Vec::new();
+        lanes.retain(|key, handle| {
+            if wanted.contains_key(key) {
+                true
+            } else {
+                handle.stop.cancel();
+                removed.push((key.0.to_string(), key.1.to_string()));
+                false
+            }
+        });
+        for (key, subscriber) in wanted {
+            if let Some(handle) = lanes.get_mut(&key) {
+                if !Arc::ptr_eq(&handle.subscriber, &subscriber) {
+                    handle.subscriber = subscriber.clone();
+                    let _ = handle.tx.send(LaneMsg::Update(subscriber));
+                }
+                continue;
+            }
+            let (tx, rx) = mpsc::unbounded_channel();
+            let stats = Arc::new(LaneStats::default());
+            let stop = self.shutdown.child_token();
+            let lane = Lane::new(
+                subscriber.clone(),
+                self.client_for(&subscriber),
+                self.deps.clone(),
+                stats.clone(),
+                rx,
+                stop.clone(),
+            );
+            tokio::spawn(lane.run());
+            lanes.insert(
+                key,
+                LaneHandle {
+                    subscriber,
+                    tx,
+                    stats,
+                    stop,
+                },
+            );
+        }
+        removed
+    }
+
+    fn send(&self, route: &str, subscriber: &str, job: Job) -> bool {
+        let lanes = self.lanes.read().expect("lane map");
+        let key = (Arc::<str>::from(route), Arc::<str>::from(subscriber));
+        match lanes.get(&key) {
+            Some(handle) => {
+                self.deps
+                    .metrics
+                    .pending
+                    .with_label_values(&[route, subscriber])
+                    .inc();
+                handle.tx.send(LaneMsg::Job(job)).is_ok()
+            }
+            None => false,
+        }
+    }
+
+    /// Schedules the deliveries of a just-committed event, due now.
+    pub fn enqueue_new(
+        &self,
+        event_id: &str,
+        received_ms: u64,
+        body: &Bytes,
+        subscribers: &[Arc<Subscriber>],
+    ) {
+        for subscriber in subscribers {
+            let job = Job {
+                delivery_id: DeliveryRecord::id_for(event_id, &subscriber.name),
+                event_id: event_id.to_string(),
+                attempts: 0,
+                due_ms: received_ms,
+                schedule_start_ms: received_ms,
+                received_ms,
+                body: Some(body.clone()),
+            };
+            self.send(&subscriber.route, &subscriber.name, job);
+        }
+    }
+
+    /// Schedules a stored pending delivery (at start, or after a replay) at
+    /// its persisted due time. False when its subscriber has no lane.
+    pub fn enqueue_record(&self, record: &DeliveryRecord) -> bool {
+        let job = Job {
+            delivery_id: record.id.clone(),
+            event_id: record.event_id.clone(),
+            attempts: record.attempts,
+            due_ms: record.due_ms,
+            schedule_start_ms: record.schedule_start_ms.max(record.received_ms),
+            received_ms: record.received_ms,
+            body: None,
+        };
+        self.send(&record.route, &record.subscriber, job)
+    }
+
+    /// Every lane's state, sorted by route and subscriber.
+    pub fn snapshot(&self) -> Vec<LaneSnapshot> {
+        let lanes = self.lanes.read().expect("lane map");
+        let m = &self.deps.metrics;
+        let mut out: Vec<_> = lanes
+            .iter()
+            .map(|((route, sub), handle)| LaneSnapshot {
+                route: route.to_string(),
+                subscriber: sub.to_string(),
+                in_flight: handle.stats.in_flight.load(Ordering::Relaxed),
+                pending: m.pending.with_label_values(&[route, sub]).get(),
+                dead_letters: m.dead_letters.with_label_values(&[route, sub]).get(),
+                circuit: handle.stats.circuit_name(),
+            })
+            .collect();
+        out.sort_by(|a, b| (&a.route, &a.subscriber).cmp(&(&b.route, &b.subscriber)));
+        out
+    }
+}

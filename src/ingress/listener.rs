@@ -1,0 +1,203 @@
+//! Accepting and serving connections, shared by the ingress and the admin
+//! listener.
+//!
+//! One task per connection: an optional TLS handshake, then hyper-util's
+//! `auto` builder (HTTP/1.1 and HTTP/2 on one port). Limits: at most
+//! `max_connections` at once (further ones wait in the kernel backlog), a
+//! deadline for the TLS handshake and the first request head, hyper's
+//! `header_read_timeout` for later heads. On shutdown: stop accepting, ask
+//! every connection to finish its open requests, wait up to the grace.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// A boxed response future.
+pub type ResponseFuture = Pin<Box<dyn Future<Output = Response<Full<Bytes>>> + Send>>;
+
+/// Handles one request from a peer.
+pub type Handler = Arc<dyn Fn(SocketAddr, Request<Incoming>) -> ResponseFuture + Send + Sync>;
+
+/// TLS configuration that a reload can swap; new connections use the new one.
+pub type SharedTls = Arc<ArcSwap<rustls::ServerConfig>>;
+
+/// Limits of one listener.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Time allowed for the TLS handshake and each request head.
+    pub header_read_timeout: Duration,
+    /// Connections served at once.
+    pub max_connections: usize,
+    /// How long open requests may run on after shutdown begins.
+    pub grace: Duration,
+}
+
+/// Serves `listener` until `shutdown`, then drains within `limits.grace`.
+pub async fn serve(
+    listener: TcpListener,
+    tls: Option<SharedTls>,
+    limits: Limits,
+    handler: Handler,
+    shutdown: CancellationToken,
+) {
+    let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let connections = TaskTracker::new();
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .max_concurrent_streams(256);
+    let builder = Arc::new(builder);
+    loop {
+        let slot = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            slot = slots.clone().acquire_owned() => slot.expect("semaphore never closes"),
+        };
+        let (stream, peer) = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // EMFILE and the like: back off briefly instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let tls = tls.as_ref().map(|t| t.load_full());
+        let handler = handler.clone();
+        let builder = builder.clone();
+        let shutdown = shutdown.clone();
+        connections.spawn(async move {
+            let _slot = slot;
+            serve_connection(stream, peer, tls, limits, handler, &builder, shutdown).await;
+        });
+    }
+    drop(listener);
+    connections.close();
+    if tokio::time::timeout(limits.grace, connections.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("connections still open after the shutdown grace; closing them");
+    }
+}
+
+async fn serve_connection(
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    limits: Limits,
+    handler: Handler,
+    builder: &auto::Builder<TokioExecutor>,
+    shutdown: CancellationToken,
+) {
+    let deadline = tokio::time::Instant::now() + limits.header_read_timeout;
+    let first_request = Arc::new(AtomicBool::new(false));
+    let seen = first_request.clone();
+    let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+        seen.store(true, Ordering::Relaxed);
+        let answer = handler(peer, request);
+        async move { Ok::<_, Infallible>(answer.await) }
+    });
+    match tls {
+        None => {
+            drive(
+                stream,
+                builder,
+                service,
+                deadline,
+                &first_request,
+                &shutdown,
+            )
+            .await
+        }
+        Some(config) => {
+            let acceptor = tokio_rustls::TlsAcceptor::from(config);
+            let handshake = tokio::time::timeout_at(deadline, acceptor.accept(stream)).await;
+            match handshake {
+                Ok(Ok(stream)) => {
+                    drive(
+                        stream,
+                        builder,
+                        service,
+                        deadline,
+                        &first_request,
+                        &shutdown,
+                    )
+                    .await
+                }
+                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+            }
+        }
+    }
+}
+
+async fn drive<IO, S>(
+    io: IO,
+    builder: &auto::Builder<TokioExecutor>,
+    service: S,
+    deadline: tokio::time::Instant,
+    first_request: &AtomicBool,
+    shutdown: &CancellationToken,
+) where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::Service<
+            Request<Incoming>,
+            Response = Response<Full<Bytes>>,
+            Error = Infallible,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let connection = builder.serve_connection(TokioIo::new(io), service);
+    tokio::pin!(connection);
+    let mut draining = false;
+    loop {
+        tokio::select! {
+            result = connection.as_mut() => {
+                if let Err(e) = result {
+                    tracing::debug!(error = %e, "connection ended with an error");
+                }
+                return;
+            }
+            // A client that never completes its first request head is cut
+            // off (covers the protocol sniffing that precedes hyper's own
+            // header timeout).
+            _ = tokio::time::sleep_until(deadline), if !first_request.load(Ordering::Relaxed) => {
+                tracing::debug!("no complete request head in time; closing");
+                return;
+            }
+            _ = shutdown.cancelled(), if !draining => {
+                draining = true;
+                connection.as_mut().graceful_shutdown();
+            }
+        }
+    }
+}

@@ -1,0 +1,258 @@
+//! The `hookrelay` binary: parses the command line, loads the config, sets
+//! up logging and signals, and calls the library.
+#![forbid(unsafe_code)]
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use hookrelay::config::{Config, ConfigError};
+use hookrelay::{Gateway, GatewayError};
+
+#[derive(Parser)]
+#[command(
+    name = "hookrelay",
+    version,
+    about = "Webhook relay and fan-out gateway"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway.
+    Run(ConfigArg),
+    /// Validate a config file: exit 0, or print every problem and exit 2.
+    CheckConfig(ConfigArg),
+    /// Inspect and replay dead letters through the admin API.
+    DeadLetters {
+        #[command(subcommand)]
+        action: DeadLetterAction,
+    },
+}
+
+#[derive(Args)]
+struct ConfigArg {
+    /// The YAML config file.
+    #[arg(long, env = "HOOKRELAY_CONFIG")]
+    config: PathBuf,
+}
+
+#[derive(Args)]
+struct AdminArgs {
+    /// Base URL of the admin listener.
+    #[arg(long, default_value = "http://127.0.0.1:9090")]
+    admin: String,
+    /// Bearer token of the admin API.
+    #[arg(long, env = "HOOKRELAY_ADMIN_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Print the API's JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Subcommand)]
+enum DeadLetterAction {
+    /// List dead letters, newest first.
+    List {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// Only this route.
+        #[arg(long)]
+        route: Option<String>,
+        /// Only this subscriber.
+        #[arg(long)]
+        subscriber: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Requeue dead letters by id, or all of one subscriber.
+    Replay {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// Delivery ids (repeat the flag).
+        #[arg(long = "id", conflicts_with_all = ["route", "subscriber"], required_unless_present_all = ["route", "subscriber"])]
+        ids: Vec<String>,
+        /// Route of the subscriber whose dead letters to replay.
+        #[arg(long, requires = "subscriber")]
+        route: Option<String>,
+        /// Subscriber whose dead letters to replay.
+        #[arg(long, requires = "route")]
+        subscriber: Option<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("hookrelay: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match cli.command {
+        Command::CheckConfig(arg) => match Config::load(&arg.config) {
+            Ok(_) => {
+                println!("{}: ok", arg.config.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => config_failure(&arg.config, &e),
+        },
+        Command::Run(arg) => {
+            let config = match Config::load(&arg.config) {
+                Ok(c) => c,
+                Err(e) => return config_failure(&arg.config, &e),
+            };
+            init_logging(&config);
+            match runtime.block_on(run(config)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!("{e:#}");
+                    eprintln!("hookrelay: {e:#}");
+                    let invalid = e
+                        .downcast_ref::<GatewayError>()
+                        .is_some_and(|g| matches!(g, GatewayError::Config(_)));
+                    ExitCode::from(if invalid { 2 } else { 1 })
+                }
+            }
+        }
+        Command::DeadLetters { action } => match runtime.block_on(dead_letters(action)) {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("hookrelay: {e:#}");
+                ExitCode::from(1)
+            }
+        },
+    }
+}
+
+fn config_failure(path: &std::path::Path, e: &ConfigError) -> ExitCode {
+    eprintln!("hookrelay: {} is not a valid config:", path.display());
+    for problem in e.problems() {
+        eprintln!("  - {problem}");
+    }
+    ExitCode::from(2)
+}
+
+fn init_logging(config: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log.level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if config.log.format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn run(config: Config) -> anyhow::Result<()> {
+    let source = config.source.clone();
+    let gateway = Gateway::start(config).await?;
+    let shutdown = gateway.shutdown_token();
+    let shared = gateway.shared.clone();
+    let signals = tokio::spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+        let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+        let mut hup = signal(SignalKind::hangup()).expect("SIGHUP handler");
+        loop {
+            tokio::select! {
+                _ = term.recv() => break,
+                _ = int.recv() => break,
+                _ = hup.recv() => {
+                    let Some(path) = &source else { continue };
+                    match Config::load(path) {
+                        Ok(config) => { let _ = shared.reload(config).await; }
+                        Err(e) => {
+                            shared.metrics.reloads.with_label_values(&["error"]).inc();
+                            for problem in e.problems() {
+                                tracing::error!(%problem, "config reload refused; the old config stays");
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        tracing::info!("signal received; shutting down");
+        shutdown.cancel();
+    });
+    gateway.wait().await;
+    signals.abort();
+    Ok(())
+}
+
+async fn dead_letters(action: DeadLetterAction) -> anyhow::Result<String> {
+    use hookrelay::cli::{call, dead_letter_table};
+    match action {
+        DeadLetterAction::List {
+            admin,
+            route,
+            subscriber,
+            limit,
+        } => {
+            let mut query = format!("/api/v1/dead-letters?limit={limit}");
+            if let Some(r) = route {
+                query.push_str(&format!("&route={r}"));
+            }
+            if let Some(s) = subscriber {
+                query.push_str(&format!("&subscriber={s}"));
+            }
+            let answer = call(
+                &admin.admin,
+                admin.token.as_deref(),
+                http::Method::GET,
+                &query,
+                None,
+            )
+            .await
+            .context("listing dead letters")?;
+            Ok(if admin.json {
+                format!("{answer}\n")
+            } else {
+                dead_letter_table(&answer)
+            })
+        }
+        DeadLetterAction::Replay {
+            admin,
+            ids,
+            route,
+            subscriber,
+        } => {
+            let body = if ids.is_empty() {
+                serde_json::json!({ "route": route, "subscriber": subscriber })
+            } else {
+                serde_json::json!({ "ids": ids })
+            };
+            let answer = call(
+                &admin.admin,
+                admin.token.as_deref(),
+                http::Method::POST,
+                "/api/v1/dead-letters/replay",
+                Some(body),
+            )
+            .await
+            .context("replaying dead letters")?;
+            Ok(if admin.json {
+                format!("{answer}\n")
+            } else {
+                format!(
+                    "requeued {} dead letter(s)\n",
+                    answer.get("requeued").and_then(|n| n.as_u64()).unwrap_or(0)
+                )
+            })
+        }
+    }
+}

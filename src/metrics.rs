@@ -1,0 +1,188 @@
+//! Prometheus metrics, named as DESIGN.md's contract says (prefix
+//! `hookrelay_`). Each gateway owns its registry, so several gateways can
+//! run in one test process. Labels carry route and subscriber names only,
+//! never tokens, URLs or query strings.
+
+use prometheus::{
+    exponential_buckets, Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// Every metric the gateway exports.
+pub struct Metrics {
+    registry: Registry,
+    /// `ingress_requests_total{route,outcome}`.
+    pub ingress_requests: IntCounterVec,
+    /// `ingress_request_duration_seconds{route}`: receipt to answer.
+    pub ingress_duration: HistogramVec,
+    /// `deliveries_total{route,subscriber,outcome}`: delivered or dead.
+    pub deliveries: IntCounterVec,
+    /// `delivery_attempts_total{route,subscriber,result}`.
+    pub attempts: IntCounterVec,
+    /// `delivery_attempt_duration_seconds{route,subscriber}`.
+    pub attempt_duration: HistogramVec,
+    /// `delivery_latency_seconds{route,subscriber}`: receipt to 2xx.
+    pub delivery_latency: HistogramVec,
+    /// `deliveries_pending{route,subscriber}`.
+    pub pending: IntGaugeVec,
+    /// `dead_letters{route,subscriber}`.
+    pub dead_letters: IntGaugeVec,
+    /// `circuit_open{route,subscriber}`: 1 while open.
+    pub circuit_open: IntGaugeVec,
+    /// `idempotency_keys`.
+    pub idempotency_keys: IntGauge,
+    /// `store_commit_duration_seconds`.
+    pub commit_duration: Histogram,
+    /// `store_commit_batch_size`.
+    pub commit_batch: Histogram,
+    /// `config_reloads_total{result}`.
+    pub reloads: IntCounterVec,
+}
+
+fn name(n: &str) -> String {
+    format!("hookrelay_{n}")
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let counter = |n: &str, help: &str, labels: &[&str]| {
+            let c = IntCounterVec::new(Opts::new(name(n), help), labels).expect("valid metric");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("unique metric");
+            c
+        };
+        let gauge = |n: &str, help: &str, labels: &[&str]| {
+            let g = IntGaugeVec::new(Opts::new(name(n), help), labels).expect("valid metric");
+            registry
+                .register(Box::new(g.clone()))
+                .expect("unique metric");
+            g
+        };
+        let histogram = |n: &str, help: &str, labels: &[&str], buckets: Vec<f64>| {
+            let h = HistogramVec::new(HistogramOpts::new(name(n), help).buckets(buckets), labels)
+                .expect("valid metric");
+            registry
+                .register(Box::new(h.clone()))
+                .expect("unique metric");
+            h
+        };
+        // 100 µs .. ~26 s: ingress answers are sub-millisecond to seconds.
+        let fast = exponential_buckets(0.0001, 2.0, 19).expect("buckets");
+        // 1 ms .. ~9 h: delivery latency includes retries spanning hours.
+        let slow = exponential_buckets(0.001, 2.5, 19).expect("buckets");
+        let ingress_requests = counter(
+            "ingress_requests_total",
+            "Ingress requests by route and outcome",
+            &["route", "outcome"],
+        );
+        let ingress_duration = histogram(
+            "ingress_request_duration_seconds",
+            "Receipt to answer, per route",
+            &["route"],
+            fast.clone(),
+        );
+        let deliveries = counter(
+            "deliveries_total",
+            "Deliveries finished, by outcome (delivered, dead)",
+            &["route", "subscriber", "outcome"],
+        );
+        let attempts = counter(
+            "delivery_attempts_total",
+            "Delivery attempts by result (2xx, 3xx, 4xx, 5xx, timeout, connect_error, error)",
+            &["route", "subscriber", "result"],
+        );
+        let attempt_duration = histogram(
+            "delivery_attempt_duration_seconds",
+            "One attempt, connect to last byte",
+            &["route", "subscriber"],
+            fast.clone(),
+        );
+        let delivery_latency = histogram(
+            "delivery_latency_seconds",
+            "Receipt to the subscriber's 2xx",
+            &["route", "subscriber"],
+            slow,
+        );
+        let pending = gauge(
+            "deliveries_pending",
+            "Deliveries waiting or in flight",
+            &["route", "subscriber"],
+        );
+        let dead_letters = gauge(
+            "dead_letters",
+            "Dead letters held",
+            &["route", "subscriber"],
+        );
+        let circuit_open = gauge(
+            "circuit_open",
+            "1 while the subscriber's circuit breaker is open",
+            &["route", "subscriber"],
+        );
+        let idempotency_keys =
+            IntGauge::new(name("idempotency_keys"), "Idempotency keys held in memory")
+                .expect("valid metric");
+        registry
+            .register(Box::new(idempotency_keys.clone()))
+            .expect("unique metric");
+        let commit_duration = Histogram::with_opts(
+            HistogramOpts::new(name("store_commit_duration_seconds"), "One group commit")
+                .buckets(fast),
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(commit_duration.clone()))
+            .expect("unique metric");
+        let commit_batch = Histogram::with_opts(
+            HistogramOpts::new(name("store_commit_batch_size"), "Records per group commit")
+                .buckets(exponential_buckets(1.0, 2.0, 12).expect("buckets")),
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(commit_batch.clone()))
+            .expect("unique metric");
+        let reloads = counter(
+            "config_reloads_total",
+            "Config reloads by result (ok, error)",
+            &["result"],
+        );
+        #[cfg(target_os = "linux")]
+        {
+            let process = prometheus::process_collector::ProcessCollector::for_self();
+            let _ = registry.register(Box::new(process));
+        }
+        Self {
+            registry,
+            ingress_requests,
+            ingress_duration,
+            deliveries,
+            attempts,
+            attempt_duration,
+            delivery_latency,
+            pending,
+            dead_letters,
+            circuit_open,
+            idempotency_keys,
+            commit_duration,
+            commit_batch,
+            reloads,
+        }
+    }
+
+    /// The whole page in Prometheus text format.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .expect("text encoding cannot fail");
+        String::from_utf8(out).expect("metrics are UTF-8")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,857 @@
+//! The embedded store: one redb file under `store.path`, written by one
+//! writer thread with group commit.
+//!
+//! Every change is a [`Request`] sent to the writer. The writer takes the
+//! first waiting request and everything else already queued (up to
+//! `max_batch`), applies them all in one write transaction, commits once
+//! (one fsync), then answers every waiter. Under load the batch grows, so
+//! throughput grows with load instead of being capped at one fsync per
+//! callback. Reads use their own read transactions and never wait for the
+//! writer.
+//!
+//! Tables (keys sort, so the indexes below are ranges, not scans):
+//! - `events`: event id → [`EventMeta`] (JSON)
+//! - `bodies`: event id → raw body bytes
+//! - `deliveries`: delivery id → [`DeliveryRecord`] (JSON)
+//! - `due`: (due ms, delivery id) for pending deliveries
+//! - `dead`: (dead-at ms, delivery id) for dead letters
+//! - `done`: (done ms, event id) for events whose deliveries all succeeded
+//! - `received`: (received ms, event id) for every event
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
+use tokio::sync::{mpsc, oneshot};
+
+use super::{
+    AppendOutcome, AttemptUpdate, DeadLetterQuery, DeliveryRecord, DeliveryState, EventMeta,
+    NewEvent, Next, PrunePolicy, ReplaySelector, Store, StoreError, StoreStats, ATTEMPT_HISTORY,
+};
+
+const EVENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("events");
+const BODIES: TableDefinition<&str, &[u8]> = TableDefinition::new("bodies");
+const DELIVERIES: TableDefinition<&str, &[u8]> = TableDefinition::new("deliveries");
+const DUE: TableDefinition<(u64, &str), ()> = TableDefinition::new("due");
+const DEAD: TableDefinition<(u64, &str), ()> = TableDefinition::new("dead");
+const DONE: TableDefinition<(u64, &str), ()> = TableDefinition::new("done");
+const RECEIVED: TableDefinition<(u64, &str), ()> = TableDefinition::new("received");
+
+/// The store file's name inside `store.path`.
+pub const FILE_NAME: &str = "hookrelay.redb";
+
+/// How long a writer request may wait for room in the queue before the
+/// ingress answers 503 (the disk is not keeping up).
+const QUEUE_WAIT: Duration = Duration::from_secs(2);
+
+/// Called after every commit with the batch size and commit duration.
+pub type CommitObserver = Arc<dyn Fn(usize, Duration) + Send + Sync>;
+
+/// A change for the writer.
+enum Op {
+    Append(NewEvent),
+    Attempt(AttemptUpdate),
+    Replay(ReplaySelector, u64),
+    Kill(String, String, u64),
+    Delete(String),
+    Prune(PrunePolicy),
+}
+
+/// What a change produced.
+enum Done {
+    Append(AppendOutcome),
+    Unit,
+    Records(Vec<DeliveryRecord>),
+    Flag(bool),
+    Count(usize),
+}
+
+struct Request {
+    op: Op,
+    reply: oneshot::Sender<Result<Done, StoreError>>,
+}
+
+/// redb behind the [`Store`] trait, with a group-commit writer thread.
+pub struct EmbeddedStore {
+    db: Arc<Database>,
+    writer: mpsc::Sender<Request>,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for EmbeddedStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmbeddedStore")
+            .field("path", &self.path)
+            .finish()
+    }
+}
+
+impl EmbeddedStore {
+    /// Opens (or creates) the store under `dir` and starts its writer.
+    ///
+    /// Fails with [`StoreError::Locked`] if another process has it open.
+    pub fn open(
+        dir: &Path,
+        max_batch: usize,
+        observer: Option<CommitObserver>,
+    ) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            StoreError::Backend(format!(
+                "cannot create store directory {}: {e}",
+                dir.display()
+            ))
+        })?;
+        let path = dir.join(FILE_NAME);
+        let db = match Database::create(&path) {
+            Ok(db) => db,
+            Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
+                return Err(StoreError::Locked(path.display().to_string()))
+            }
+            Err(e) => return Err(StoreError::Backend(format!("{}: {e}", path.display()))),
+        };
+        let db = Arc::new(db);
+        {
+            // Create every table up front so readers never meet a missing one.
+            let txn = db.begin_write().map_err(backend)?;
+            for def in [EVENTS, BODIES, DELIVERIES] {
+                txn.open_table(def).map_err(backend)?;
+            }
+            for def in [DUE, DEAD, DONE, RECEIVED] {
+                txn.open_table(def).map_err(backend)?;
+            }
+            txn.commit().map_err(backend)?;
+        }
+        let (tx, rx) = mpsc::channel(max_batch.max(64) * 4);
+        let writer_db = db.clone();
+        std::thread::Builder::new()
+            .name("hookrelay-store".into())
+            .spawn(move || writer_loop(writer_db, rx, max_batch.max(1), observer))
+            .map_err(|e| StoreError::Backend(format!("cannot start store writer: {e}")))?;
+        Ok(Self {
+            db,
+            writer: tx,
+            path,
+        })
+    }
+
+    /// The store file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    async fn submit(&self, op: Op) -> Result<Done, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        match self
+            .writer
+            .send_timeout(Request { op, reply }, QUEUE_WAIT)
+            .await
+        {
+            Ok(()) => {}
+            Err(mpsc::error::SendTimeoutError::Timeout(_)) => return Err(StoreError::Overloaded),
+            Err(mpsc::error::SendTimeoutError::Closed(_)) => {
+                return Err(StoreError::Unavailable(
+                    "the store writer has stopped".into(),
+                ))
+            }
+        }
+        answer
+            .await
+            .map_err(|_| StoreError::Unavailable("the store writer has stopped".into()))?
+    }
+
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&redb::ReadTransaction) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || {
+            let txn = db.begin_read().map_err(backend)?;
+            f(&txn)
+        })
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("read task failed: {e}")))?
+    }
+}
+
+fn backend(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
+    serde_json::to_vec(value).expect("store records always serialise")
+}
+
+fn writer_loop(
+    db: Arc<Database>,
+    mut rx: mpsc::Receiver<Request>,
+    max_batch: usize,
+    observer: Option<CommitObserver>,
+) {
+    let mut batch = Vec::with_capacity(max_batch);
+    while let Some(first) = rx.blocking_recv() {
+        batch.push(first);
+        while batch.len() < max_batch {
+            match rx.try_recv() {
+                Ok(more) => batch.push(more),
+                Err(_) => break,
+            }
+        }
+        let started = Instant::now();
+        let size = batch.len();
+        match apply_batch(&db, &mut batch) {
+            Ok(results) => {
+                if let Some(observe) = &observer {
+                    observe(size, started.elapsed());
+                }
+                for (request, result) in batch.drain(..).zip(results) {
+                    let _ = request.reply.send(result);
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, batch = size, "store commit failed; answering 503");
+                for request in batch.drain(..) {
+                    let _ = request
+                        .reply
+                        .send(Err(StoreError::Unavailable(e.to_string())));
+                }
+            }
+        }
+    }
+    tracing::debug!("store writer stopped");
+}
+
+/// Applies every request in one transaction. A per-request problem (a
+/// missing record) is that request's answer; a database error aborts the
+/// whole transaction and fails every waiter.
+fn apply_batch(
+    db: &Database,
+    batch: &mut [Request],
+) -> Result<Vec<Result<Done, StoreError>>, StoreError> {
+    let txn = db.begin_write().map_err(backend)?;
+    let mut results = Vec::with_capacity(batch.len());
+    {
+        let mut t = Tables::open(&txn)?;
+        for request in batch.iter_mut() {
+            let result = match &mut request.op {
+                Op::Append(event) => t.append(event).map(Done::Append),
+                Op::Attempt(update) => t.attempt(update).map(|_| Done::Unit),
+                Op::Replay(selector, now) => t.replay(selector, *now).map(Done::Records),
+                Op::Kill(id, reason, now) => t.kill(id, reason, *now).map(Done::Flag),
+                Op::Delete(id) => t.delete_dead(id).map(Done::Flag),
+                Op::Prune(policy) => t.prune(*policy).map(Done::Count),
+            };
+            match result {
+                Err(StoreError::Backend(e)) => return Err(StoreError::Backend(e)),
+                other => results.push(other),
+            }
+        }
+    }
+    txn.commit().map_err(backend)?;
+    Ok(results)
+}
+
+/// The open tables of one write transaction.
+struct Tables<'t> {
+    events: redb::Table<'t, &'static str, &'static [u8]>,
+    bodies: redb::Table<'t, &'static str, &'static [u8]>,
+    deliveries: redb::Table<'t, &'static str, &'static [u8]>,
+    due: redb::Table<'t, (u64, &'static str), ()>,
+    dead: redb::Table<'t, (u64, &'static str), ()>,
+    done: redb::Table<'t, (u64, &'static str), ()>,
+    received: redb::Table<'t, (u64, &'static str), ()>,
+}
+
+impl<'t> Tables<'t> {
+    fn open(txn: &'t redb::WriteTransaction) -> Result<Self, StoreError> {
+        Ok(Self {
+            events: txn.open_table(EVENTS).map_err(backend)?,
+            bodies: txn.open_table(BODIES).map_err(backend)?,
+            deliveries: txn.open_table(DELIVERIES).map_err(backend)?,
+            due: txn.open_table(DUE).map_err(backend)?,
+            dead: txn.open_table(DEAD).map_err(backend)?,
+            done: txn.open_table(DONE).map_err(backend)?,
+            received: txn.open_table(RECEIVED).map_err(backend)?,
+        })
+    }
+
+    fn delivery(&self, id: &str) -> Result<Option<DeliveryRecord>, StoreError> {
+        match self.deliveries.get(id).map_err(backend)? {
+            Some(bytes) => decode(bytes.value()).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn put_delivery(&mut self, record: &DeliveryRecord) -> Result<(), StoreError> {
+        self.deliveries
+            .insert(record.id.as_str(), encode(record).as_slice())
+            .map_err(backend)?;
+        Ok(())
+    }
+
+    fn meta(&self, event_id: &str) -> Result<Option<EventMeta>, StoreError> {
+        match self.events.get(event_id).map_err(backend)? {
+            Some(bytes) => decode(bytes.value()).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// One fewer open delivery for the event; marks it done at zero.
+    fn close_one(&mut self, event_id: &str, now_ms: u64) -> Result<(), StoreError> {
+        if let Some(mut meta) = self.meta(event_id)? {
+            meta.open = meta.open.saturating_sub(1);
+            self.events
+                .insert(event_id, encode(&meta).as_slice())
+                .map_err(backend)?;
+            if meta.open == 0 {
+                self.done.insert((now_ms, event_id), ()).map_err(backend)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn append(&mut self, event: &NewEvent) -> Result<AppendOutcome, StoreError> {
+        let id = event.event_id.as_str();
+        if self.events.get(id).map_err(backend)?.is_some() {
+            return Ok(AppendOutcome::Duplicate);
+        }
+        let meta = EventMeta {
+            event_id: event.event_id.clone(),
+            route: event.route.to_string(),
+            received_ms: event.received_ms,
+            headers: event.headers.clone(),
+            subscribers: event.subscribers.iter().map(|s| s.to_string()).collect(),
+            open: event.subscribers.len() as u32,
+            body_len: event.body.len() as u64,
+        };
+        self.events
+            .insert(id, encode(&meta).as_slice())
+            .map_err(backend)?;
+        self.bodies.insert(id, &event.body[..]).map_err(backend)?;
+        self.received
+            .insert((event.received_ms, id), ())
+            .map_err(backend)?;
+        for subscriber in &event.subscribers {
+            let record = DeliveryRecord {
+                id: DeliveryRecord::id_for(id, subscriber),
+                event_id: event.event_id.clone(),
+                route: event.route.to_string(),
+                subscriber: subscriber.to_string(),
+                state: DeliveryState::Pending,
+                attempts: 0,
+                due_ms: event.received_ms,
+                received_ms: event.received_ms,
+                schedule_start_ms: event.received_ms,
+                updated_ms: event.received_ms,
+                dead_reason: None,
+                history: Vec::new(),
+            };
+            self.put_delivery(&record)?;
+            self.due
+                .insert((record.due_ms, record.id.as_str()), ())
+                .map_err(backend)?;
+        }
+        if event.subscribers.is_empty() {
+            self.done
+                .insert((event.received_ms, id), ())
+                .map_err(backend)?;
+        }
+        Ok(AppendOutcome::Accepted)
+    }
+
+    fn attempt(&mut self, update: &AttemptUpdate) -> Result<(), StoreError> {
+        let Some(mut record) = self.delivery(&update.delivery_id)? else {
+            return Ok(());
+        };
+        if record.state != DeliveryState::Pending {
+            // Killed or replayed meanwhile: the attempt's result is history only.
+            return Ok(());
+        }
+        self.due
+            .remove((record.due_ms, record.id.as_str()))
+            .map_err(backend)?;
+        record.attempts = record.attempts.max(update.attempt.attempt);
+        record.history.push(update.attempt.clone());
+        if record.history.len() > ATTEMPT_HISTORY {
+            let excess = record.history.len() - ATTEMPT_HISTORY;
+            record.history.drain(..excess);
+        }
+        let now = update.attempt.at_ms + update.attempt.duration_ms;
+        record.updated_ms = now;
+        match &update.next {
+            Next::Retry { due_ms } => {
+                record.due_ms = *due_ms;
+                self.due
+                    .insert((record.due_ms, record.id.as_str()), ())
+                    .map_err(backend)?;
+            }
+            Next::Delivered => {
+                record.state = DeliveryState::Delivered;
+                self.close_one(&record.event_id, now)?;
+            }
+            Next::Dead { reason } => {
+                record.state = DeliveryState::Dead;
+                record.dead_reason = Some(reason.clone());
+                self.dead
+                    .insert((now, record.id.as_str()), ())
+                    .map_err(backend)?;
+            }
+        }
+        self.put_delivery(&record)
+    }
+
+    fn replay(
+        &mut self,
+        selector: &ReplaySelector,
+        now_ms: u64,
+    ) -> Result<Vec<DeliveryRecord>, StoreError> {
+        let ids: Vec<String> = match selector {
+            ReplaySelector::Ids(ids) => ids.clone(),
+            ReplaySelector::Subscriber { route, subscriber } => {
+                let mut ids = Vec::new();
+                for entry in self.dead.iter().map_err(backend)? {
+                    let (key, _) = entry.map_err(backend)?;
+                    let id = key.value().1.to_string();
+                    if let Some(record) = self.delivery(&id)? {
+                        if &record.route == route && &record.subscriber == subscriber {
+                            ids.push(id);
+                        }
+                    }
+                }
+                ids
+            }
+        };
+        let mut requeued = Vec::new();
+        for id in ids {
+            let Some(mut record) = self.delivery(&id)? else {
+                continue;
+            };
+            if record.state != DeliveryState::Dead {
+                continue;
+            }
+            self.dead
+                .remove((record.updated_ms, record.id.as_str()))
+                .map_err(backend)?;
+            record.state = DeliveryState::Pending;
+            record.attempts = 0;
+            record.dead_reason = None;
+            record.due_ms = now_ms;
+            record.schedule_start_ms = now_ms;
+            record.updated_ms = now_ms;
+            self.due
+                .insert((record.due_ms, record.id.as_str()), ())
+                .map_err(backend)?;
+            self.put_delivery(&record)?;
+            requeued.push(record);
+        }
+        Ok(requeued)
+    }
+
+    fn kill(&mut self, id: &str, reason: &str, now_ms: u64) -> Result<bool, StoreError> {
+        let Some(mut record) = self.delivery(id)? else {
+            return Ok(false);
+        };
+        if record.state != DeliveryState::Pending {
+            return Ok(false);
+        }
+        self.due
+            .remove((record.due_ms, record.id.as_str()))
+            .map_err(backend)?;
+        record.state = DeliveryState::Dead;
+        record.dead_reason = Some(reason.to_string());
+        record.updated_ms = now_ms;
+        self.dead
+            .insert((now_ms, record.id.as_str()), ())
+            .map_err(backend)?;
+        self.put_delivery(&record)?;
+        Ok(true)
+    }
+
+    fn delete_dead(&mut self, id: &str) -> Result<bool, StoreError> {
+        let Some(record) = self.delivery(id)? else {
+            return Ok(false);
+        };
+        if record.state != DeliveryState::Dead {
+            return Ok(false);
+        }
+        self.dead
+            .remove((record.updated_ms, record.id.as_str()))
+            .map_err(backend)?;
+        // The delivery stays as a closed record so the event's history is
+        // complete; it no longer holds the event open.
+        let mut closed = record.clone();
+        closed.state = DeliveryState::Delivered;
+        closed.dead_reason = Some(format!(
+            "deleted dead letter: {}",
+            record.dead_reason.as_deref().unwrap_or("")
+        ));
+        self.put_delivery(&closed)?;
+        self.close_one(&record.event_id, record.updated_ms)?;
+        Ok(true)
+    }
+
+    fn prune(&mut self, policy: PrunePolicy) -> Result<usize, StoreError> {
+        let cutoff = policy.now_ms.saturating_sub(policy.keep_ms);
+        let mut victims = Vec::new();
+        for entry in self.done.range(..(cutoff, "")).map_err(backend)? {
+            let (key, _) = entry.map_err(backend)?;
+            let (at, id) = key.value();
+            victims.push((at, id.to_string()));
+            if victims.len() >= policy.max_events {
+                break;
+            }
+        }
+        let mut removed = 0;
+        for (at, event_id) in victims {
+            self.done.remove((at, event_id.as_str())).map_err(backend)?;
+            let Some(meta) = self.meta(&event_id)? else {
+                continue;
+            };
+            if meta.open > 0 || meta.received_ms > cutoff {
+                // Reopened by a replay, or too young for its idempotency key.
+                continue;
+            }
+            for subscriber in &meta.subscribers {
+                let id = DeliveryRecord::id_for(&event_id, subscriber);
+                self.deliveries.remove(id.as_str()).map_err(backend)?;
+            }
+            self.events.remove(event_id.as_str()).map_err(backend)?;
+            self.bodies.remove(event_id.as_str()).map_err(backend)?;
+            self.received
+                .remove((meta.received_ms, event_id.as_str()))
+                .map_err(backend)?;
+            removed += 1;
+        }
+        Ok(removed)
+    }
+}
+
+fn read_delivery(
+    table: &redb::ReadOnlyTable<&'static str, &'static [u8]>,
+    id: &str,
+) -> Result<Option<DeliveryRecord>, StoreError> {
+    match table.get(id).map_err(backend)? {
+        Some(bytes) => decode(bytes.value()).map(Some),
+        None => Ok(None),
+    }
+}
+
+#[async_trait]
+impl Store for EmbeddedStore {
+    async fn append(&self, event: NewEvent) -> Result<AppendOutcome, StoreError> {
+        match self.submit(Op::Append(event)).await? {
+            Done::Append(outcome) => Ok(outcome),
+            _ => unreachable!("append answers with an outcome"),
+        }
+    }
+
+    async fn record_attempt(&self, update: AttemptUpdate) -> Result<(), StoreError> {
+        self.submit(Op::Attempt(update)).await.map(|_| ())
+    }
+
+    async fn pending(&self) -> Result<Vec<DeliveryRecord>, StoreError> {
+        self.read(|txn| {
+            let due = txn.open_table(DUE).map_err(backend)?;
+            let deliveries = txn.open_table(DELIVERIES).map_err(backend)?;
+            let mut out = Vec::new();
+            for entry in due.iter().map_err(backend)? {
+                let (key, _) = entry.map_err(backend)?;
+                if let Some(record) = read_delivery(&deliveries, key.value().1)? {
+                    out.push(record);
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn body(&self, event_id: &str) -> Result<Option<Bytes>, StoreError> {
+        let id = event_id.to_string();
+        self.read(move |txn| {
+            let bodies = txn.open_table(BODIES).map_err(backend)?;
+            Ok(bodies
+                .get(id.as_str())
+                .map_err(backend)?
+                .map(|b| Bytes::copy_from_slice(b.value())))
+        })
+        .await
+    }
+
+    async fn event(
+        &self,
+        event_id: &str,
+    ) -> Result<Option<(EventMeta, Vec<DeliveryRecord>)>, StoreError> {
+        let id = event_id.to_string();
+        self.read(move |txn| {
+            let events = txn.open_table(EVENTS).map_err(backend)?;
+            let deliveries = txn.open_table(DELIVERIES).map_err(backend)?;
+            let Some(meta) = events.get(id.as_str()).map_err(backend)? else {
+                return Ok(None);
+            };
+            let meta: EventMeta = decode(meta.value())?;
+            let mut records = Vec::new();
+            for subscriber in &meta.subscribers {
+                if let Some(r) =
+                    read_delivery(&deliveries, &DeliveryRecord::id_for(&id, subscriber))?
+                {
+                    records.push(r);
+                }
+            }
+            Ok(Some((meta, records)))
+        })
+        .await
+    }
+
+    async fn dead_letters(
+        &self,
+        query: DeadLetterQuery,
+    ) -> Result<Vec<DeliveryRecord>, StoreError> {
+        self.read(move |txn| {
+            let dead = txn.open_table(DEAD).map_err(backend)?;
+            let deliveries = txn.open_table(DELIVERIES).map_err(backend)?;
+            let mut out = Vec::new();
+            for entry in dead.iter().map_err(backend)?.rev() {
+                if out.len() >= query.limit {
+                    break;
+                }
+                let (key, _) = entry.map_err(backend)?;
+                let Some(record) = read_delivery(&deliveries, key.value().1)? else {
+                    continue;
+                };
+                if query.route.as_ref().is_some_and(|r| r != &record.route)
+                    || query
+                        .subscriber
+                        .as_ref()
+                        .is_some_and(|s| s != &record.subscriber)
+                {
+                    continue;
+                }
+                out.push(record);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn replay(
+        &self,
+        selector: ReplaySelector,
+        now_ms: u64,
+    ) -> Result<Vec<DeliveryRecord>, StoreError> {
+        match self.submit(Op::Replay(selector, now_ms)).await? {
+            Done::Records(records) => Ok(records),
+            _ => unreachable!("replay answers with records"),
+        }
+    }
+
+    async fn kill(&self, delivery_id: &str, reason: &str, now_ms: u64) -> Result<bool, StoreError> {
+        match self
+            .submit(Op::Kill(
+                delivery_id.to_string(),
+                reason.to_string(),
+                now_ms,
+            ))
+            .await?
+        {
+            Done::Flag(flag) => Ok(flag),
+            _ => unreachable!("kill answers with a flag"),
+        }
+    }
+
+    async fn delete_dead(&self, delivery_id: &str) -> Result<bool, StoreError> {
+        match self.submit(Op::Delete(delivery_id.to_string())).await? {
+            Done::Flag(flag) => Ok(flag),
+            _ => unreachable!("delete answers with a flag"),
+        }
+    }
+
+    async fn prune(&self, policy: PrunePolicy) -> Result<usize, StoreError> {
+        match self.submit(Op::Prune(policy)).await? {
+            Done::Count(n) => Ok(n),
+            _ => unreachable!("prune answers with a count"),
+        }
+    }
+
+    async fn recent_keys(
+        &self,
+        since_ms: u64,
+        max: usize,
+    ) -> Result<Vec<(String, u64)>, StoreError> {
+        self.read(move |txn| {
+            let received = txn.open_table(RECEIVED).map_err(backend)?;
+            let mut out = Vec::new();
+            for entry in received.range((since_ms, "")..).map_err(backend)?.rev() {
+                if out.len() >= max {
+                    break;
+                }
+                let (key, _) = entry.map_err(backend)?;
+                let (at, id) = key.value();
+                out.push((id.to_string(), at));
+            }
+            out.reverse();
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn stats(&self) -> Result<StoreStats, StoreError> {
+        self.read(|txn| {
+            let events = txn.open_table(EVENTS).map_err(backend)?;
+            let dead = txn.open_table(DEAD).map_err(backend)?;
+            let deliveries = txn.open_table(DELIVERIES).map_err(backend)?;
+            let mut per: std::collections::BTreeMap<(String, String), u64> = Default::default();
+            for entry in dead.iter().map_err(backend)? {
+                let (key, _) = entry.map_err(backend)?;
+                if let Some(r) = read_delivery(&deliveries, key.value().1)? {
+                    *per.entry((r.route, r.subscriber)).or_default() += 1;
+                }
+            }
+            Ok(StoreStats {
+                events: events.len().map_err(backend)?,
+                dead: per.into_iter().collect(),
+            })
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::AttemptRecord;
+
+    fn event(id: &str, subs: &[&str], at: u64) -> NewEvent {
+        NewEvent {
+            event_id: id.into(),
+            route: Arc::from("r"),
+            received_ms: at,
+            headers: vec![],
+            body: Bytes::from_static(b"{\"id\":\"x\"}"),
+            subscribers: subs.iter().map(|s| Arc::from(*s)).collect(),
+        }
+    }
+
+    fn attempt(n: u32, status: u16, at: u64) -> AttemptRecord {
+        AttemptRecord {
+            attempt: n,
+            at_ms: at,
+            status: Some(status),
+            error: None,
+            duration_ms: 1,
+        }
+    }
+
+    #[tokio::test]
+    async fn append_is_idempotent_and_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = EmbeddedStore::open(dir.path(), 16, None).unwrap();
+            assert_eq!(
+                store.append(event("e1", &["a", "b"], 10)).await.unwrap(),
+                AppendOutcome::Accepted
+            );
+            assert_eq!(
+                store.append(event("e1", &["a", "b"], 11)).await.unwrap(),
+                AppendOutcome::Duplicate
+            );
+        }
+        // The writer thread exits when the channel closes; wait for the lock to go.
+        let store = loop {
+            match EmbeddedStore::open(dir.path(), 16, None) {
+                Ok(s) => break s,
+                Err(StoreError::Locked(_)) => tokio::task::yield_now().await,
+                Err(e) => panic!("{e}"),
+            }
+        };
+        assert_eq!(
+            store.append(event("e1", &["a"], 12)).await.unwrap(),
+            AppendOutcome::Duplicate
+        );
+        let pending = store.pending().await.unwrap();
+        assert_eq!(pending.len(), 2);
+        assert_eq!(
+            store.body("e1").await.unwrap().unwrap(),
+            Bytes::from_static(b"{\"id\":\"x\"}")
+        );
+    }
+
+    #[tokio::test]
+    async fn second_open_is_refused_clearly() {
+        let dir = tempfile::tempdir().unwrap();
+        let _first = EmbeddedStore::open(dir.path(), 16, None).unwrap();
+        let err = EmbeddedStore::open(dir.path(), 16, None).unwrap_err();
+        assert!(matches!(err, StoreError::Locked(_)));
+        assert!(err
+            .to_string()
+            .contains("in use by another hookrelay process"));
+    }
+
+    #[tokio::test]
+    async fn dead_letters_replay_delete_and_prune() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path(), 16, None).unwrap();
+        store.append(event("e1", &["a", "b"], 10)).await.unwrap();
+        store
+            .record_attempt(AttemptUpdate {
+                delivery_id: "e1.a".into(),
+                attempt: attempt(1, 200, 20),
+                next: Next::Delivered,
+            })
+            .await
+            .unwrap();
+        store
+            .record_attempt(AttemptUpdate {
+                delivery_id: "e1.b".into(),
+                attempt: attempt(1, 410, 20),
+                next: Next::Dead {
+                    reason: "410 Gone".into(),
+                },
+            })
+            .await
+            .unwrap();
+        let dead = store
+            .dead_letters(DeadLetterQuery {
+                limit: 10,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(dead.len(), 1);
+        assert_eq!(dead[0].dead_reason.as_deref(), Some("410 Gone"));
+        assert_eq!(dead[0].last().unwrap().status, Some(410));
+        // Not prunable while a dead letter holds it open.
+        let policy = PrunePolicy {
+            now_ms: 1_000_000,
+            keep_ms: 100,
+            max_events: 100,
+        };
+        assert_eq!(store.prune(policy).await.unwrap(), 0);
+
+        let requeued = store
+            .replay(ReplaySelector::Ids(vec!["e1.b".into()]), 30)
+            .await
+            .unwrap();
+        assert_eq!(requeued.len(), 1);
+        assert_eq!(store.pending().await.unwrap().len(), 1);
+        store
+            .record_attempt(AttemptUpdate {
+                delivery_id: "e1.b".into(),
+                attempt: attempt(1, 500, 40),
+                next: Next::Dead {
+                    reason: "max_elapsed".into(),
+                },
+            })
+            .await
+            .unwrap();
+        assert!(store.delete_dead("e1.b").await.unwrap());
+        assert!(!store.delete_dead("e1.b").await.unwrap());
+        assert_eq!(store.prune(policy).await.unwrap(), 1);
+        assert!(store.event("e1").await.unwrap().is_none());
+    }
+}
