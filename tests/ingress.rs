@@ -1,0 +1,335 @@
+//! Ingress contract: TLS over HTTP/1.1 and HTTP/2, every row of DESIGN.md's
+//! answer table, header read timeout, and inbound Standard Webhooks checks.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use http::StatusCode;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const TOKEN: &str = "muapi-test-token";
+
+fn config(sink: &Sink, extra_route: &str) -> String {
+    format!(
+        r#"
+server:
+  listen: "127.0.0.1:0"
+{{tls}}
+  max_body_bytes: 1024
+  header_read_timeout: 500ms
+admin:
+  listen: "127.0.0.1:0"
+store:
+  path: "{{store}}"
+shutdown_grace: 2s
+routes:
+  - name: muapi
+    path: /hooks/muapi
+    source: muapi
+    auth:
+      tokens: ["old-token", "{TOKEN}"]
+    subscribers:
+      - name: app
+        url: {url}
+  - name: office
+    path: /hooks/office
+    source: muapi
+    auth:
+      tokens: ["{TOKEN}"]
+      allow_ips: ["203.0.113.0/24"]
+    subscribers:
+      - name: app
+        url: {url}
+{extra_route}"#,
+        url = sink.url("/hook")
+    )
+}
+
+#[tokio::test]
+async fn tls_http1_and_http2_accept_then_duplicate() {
+    let pki = Pki::new();
+    let sink = Sink::start().await;
+    let gw = TestGateway::start(&config(&sink, ""), Some(&pki)).await;
+    for (proto, id) in [(Proto::Http1, "task-h1"), (Proto::Http2, "task-h2")] {
+        let client = TestClient::tls(&pki, gw.ingress, proto);
+        let body = muapi_body(id, "completed");
+        let first = client.post("/hooks/muapi", TOKEN, &body).await;
+        assert_eq!(first.status, StatusCode::OK, "{proto:?}: {:?}", first.body);
+        let expected_version = match proto {
+            Proto::Http1 => http::Version::HTTP_11,
+            Proto::Http2 => http::Version::HTTP_2,
+        };
+        assert_eq!(first.version, expected_version);
+        assert_eq!(first.body["status"], "accepted");
+        let event_id = first.body["event_id"].as_str().unwrap().to_string();
+        assert!(!event_id.contains('.'));
+        let again = client.post("/hooks/muapi", TOKEN, &body).await;
+        assert_eq!(again.status, StatusCode::OK);
+        assert_eq!(again.body["status"], "duplicate");
+        assert_eq!(again.body["event_id"], event_id.as_str());
+        // The failed callback of the same task is another event.
+        let failed = client
+            .post("/hooks/muapi", TOKEN, &muapi_body(id, "failed"))
+            .await;
+        assert_eq!(failed.body["status"], "accepted");
+        assert_ne!(failed.body["event_id"], event_id.as_str());
+    }
+    sink.wait_for(4, Duration::from_secs(10)).await;
+    gw.gateway.shutdown().await;
+}
+
+#[tokio::test]
+async fn query_token_and_rotation_are_accepted() {
+    let sink = Sink::start().await;
+    let gw = TestGateway::start(&config(&sink, ""), None).await;
+    let client = TestClient::plain(gw.ingress);
+    let body = muapi_body("task-q", "completed");
+    let by_query = client
+        .send(
+            "POST",
+            &format!("/hooks/muapi?token={TOKEN}"),
+            &[],
+            body.clone(),
+        )
+        .await;
+    assert_eq!(by_query.status, StatusCode::OK);
+    let old = client
+        .post(
+            "/hooks/muapi",
+            "old-token",
+            &muapi_body("task-r", "completed"),
+        )
+        .await;
+    assert_eq!(old.status, StatusCode::OK);
+    gw.gateway.shutdown().await;
+}
+
+#[tokio::test]
+async fn every_error_row_of_the_contract() {
+    let pki = Pki::new();
+    let sink = Sink::start().await;
+    let gw = TestGateway::start(&config(&sink, ""), Some(&pki)).await;
+    let client = TestClient::tls(&pki, gw.ingress, Proto::Http1);
+
+    let bad_json = client.post("/hooks/muapi", TOKEN, "{not json").await;
+    assert_eq!(bad_json.status, StatusCode::BAD_REQUEST);
+    assert!(bad_json.body["error"]
+        .as_str()
+        .unwrap()
+        .contains("not valid JSON"));
+
+    let missing_id = client
+        .post("/hooks/muapi", TOKEN, r#"{"status":"completed"}"#)
+        .await;
+    assert_eq!(missing_id.status, StatusCode::BAD_REQUEST);
+    assert!(missing_id.body["error"].as_str().unwrap().contains("`id`"));
+
+    let no_token = client
+        .send("POST", "/hooks/muapi", &[], muapi_body("t", "completed"))
+        .await;
+    assert_eq!(no_token.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(no_token.body["error"], "unauthorized");
+
+    let wrong_token = client
+        .post("/hooks/muapi", "nope", &muapi_body("t", "completed"))
+        .await;
+    assert_eq!(wrong_token.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(wrong_token.body["error"], "unauthorized");
+
+    let forbidden = client
+        .post("/hooks/office", TOKEN, &muapi_body("t", "completed"))
+        .await;
+    assert_eq!(forbidden.status, StatusCode::FORBIDDEN);
+    assert!(forbidden.body["error"].is_string());
+
+    let not_found = client
+        .post("/hooks/nothing", TOKEN, &muapi_body("t", "completed"))
+        .await;
+    assert_eq!(not_found.status, StatusCode::NOT_FOUND);
+    assert!(not_found.body["error"].is_string());
+
+    let get = client.send("GET", "/hooks/muapi", &[], "").await;
+    assert_eq!(get.status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(get.headers["allow"], "POST");
+    assert!(get.body["error"].is_string());
+
+    // No body was stored for any of these.
+    assert_eq!(sink.count(), 0);
+    gw.gateway.shutdown().await;
+}
+
+#[tokio::test]
+async fn oversized_chunked_body_gets_413_before_it_is_all_sent() {
+    let pki = Pki::new();
+    let sink = Sink::start().await;
+    let gw = TestGateway::start(&config(&sink, ""), Some(&pki)).await;
+    // A raw HTTP/1.1 request with chunked encoding and no Content-Length:
+    // the limit must be enforced while reading.
+    let connector =
+        tokio_rustls::TlsConnector::from(std::sync::Arc::new(pki.client_config(&[b"http/1.1"])));
+    let tcp = tokio::net::TcpStream::connect(gw.ingress).await.unwrap();
+    let mut tls = connector.connect(localhost(), tcp).await.unwrap();
+    let head = format!(
+        "POST /hooks/muapi HTTP/1.1\r\nhost: localhost\r\nauthorization: Bearer {TOKEN}\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n"
+    );
+    tls.write_all(head.as_bytes()).await.unwrap();
+    let chunk = format!("{:x}\r\n{}\r\n", 600, "x".repeat(600));
+    // Two chunks exceed the 1024-byte limit; the rest is never sent.
+    tls.write_all(chunk.as_bytes()).await.unwrap();
+    tls.write_all(chunk.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 1024];
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !String::from_utf8_lossy(&answer).contains("\r\n\r\n") {
+        assert!(Instant::now() < deadline, "no answer to an oversized body");
+        let n = tokio::time::timeout(Duration::from_secs(10), tls.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        if n == 0 {
+            break;
+        }
+        answer.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 413"), "got: {text}");
+    gw.gateway.shutdown().await;
+}
+
+#[tokio::test]
+async fn declared_oversized_body_gets_413() {
+    let sink = Sink::start().await;
+    let gw = TestGateway::start(&config(&sink, ""), None).await;
+    let client = TestClient::plain(gw.ingress);
+    let big = format!(
+        r#"{{"id":"t","status":"completed","pad":"{}"}}"#,
+        "x".repeat(2000)
+    );
+    let answer = client.post("/hooks/muapi", TOKEN, &big).await;
+    assert_eq!(answer.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert!(answer.body["error"].as_str().unwrap().contains("1024"));
+    gw.gateway.shutdown().await;
+}
+
+#[tokio::test]
+async fn trickled_header_is_cut_off_after_header_read_timeout() {
+    let sink = Sink::start().await;
+    let gw = TestGateway::start(&config(&sink, ""), None).await;
+    let mut stream = tokio::net::TcpStream::connect(gw.ingress).await.unwrap();
+    let started = Instant::now();
+    stream.write_all(b"POST /hooks/mu").await.unwrap();
+    let mut buf = [0u8; 256];
+    // The gateway closes the connection; we only bound the wait.
+    let read = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf))
+        .await
+        .expect("the gateway must close a connection that trickles its header");
+    let elapsed = started.elapsed();
+    match read {
+        Ok(0) | Err(_) => {}
+        Ok(n) => {
+            // hyper may answer 408 before closing; then the next read is EOF.
+            let text = String::from_utf8_lossy(&buf[..n]).to_string();
+            assert!(text.starts_with("HTTP/1.1 408"), "unexpected answer {text}");
+        }
+    }
+    assert!(
+        elapsed >= Duration::from_millis(400),
+        "closed too early: {elapsed:?}"
+    );
+    println!("half header cut off after {elapsed:?} (header_read_timeout 500ms)");
+    // A TLS client that never finishes its handshake is cut off too.
+    gw.gateway.shutdown().await;
+}
+
+#[tokio::test]
+async fn stalled_tls_handshake_is_cut_off() {
+    let pki = Pki::new();
+    let sink = Sink::start().await;
+    let gw = TestGateway::start(&config(&sink, ""), Some(&pki)).await;
+    let mut stream = tokio::net::TcpStream::connect(gw.ingress).await.unwrap();
+    stream.write_all(&[0x16, 0x03, 0x01]).await.unwrap();
+    let mut buf = [0u8; 64];
+    let read = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf))
+        .await
+        .expect("a stalled handshake must be cut off");
+    assert!(matches!(read, Ok(0) | Err(_)));
+    // And the gateway still serves others.
+    let client = TestClient::tls(&pki, gw.ingress, Proto::Http1);
+    let ok = client
+        .post(
+            "/hooks/muapi",
+            TOKEN,
+            &muapi_body("after-bad-handshake", "completed"),
+        )
+        .await;
+    assert_eq!(ok.status, StatusCode::OK);
+    gw.gateway.shutdown().await;
+}
+
+#[tokio::test]
+async fn generic_route_verifies_standard_webhooks_signatures() {
+    use base64::Engine;
+    let secret_b64 = base64::engine::general_purpose::STANDARD.encode([7u8; 32]);
+    let sink = Sink::start().await;
+    let route = format!(
+        r#"  - name: generic
+    path: /hooks/generic
+    source: generic
+    auth:
+      standard_webhooks_secret: "whsec_{secret_b64}"
+    subscribers:
+      - name: app
+        url: {}
+"#,
+        sink.url("/g")
+    );
+    let gw = TestGateway::start(&config(&sink, &route), None).await;
+    let client = TestClient::plain(gw.ingress);
+    let body = r#"{"type":"invoice.paid","data":{"id":1}}"#;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        .to_string();
+    let signature = expected_signature(&secret_b64, "msg_1", &now, body.as_bytes());
+    let headers = [
+        ("webhook-id", "msg_1"),
+        ("webhook-timestamp", now.as_str()),
+        ("webhook-signature", signature.as_str()),
+    ];
+    let ok = client.send("POST", "/hooks/generic", &headers, body).await;
+    assert_eq!(ok.status, StatusCode::OK, "{:?}", ok.body);
+    assert_eq!(ok.body["status"], "accepted");
+    let dup = client.send("POST", "/hooks/generic", &headers, body).await;
+    assert_eq!(dup.body["status"], "duplicate");
+
+    let tampered = client
+        .send(
+            "POST",
+            "/hooks/generic",
+            &headers,
+            r#"{"type":"invoice.paid","data":{"id":2}}"#,
+        )
+        .await;
+    assert_eq!(tampered.status, StatusCode::UNAUTHORIZED);
+    let old = "1000000000";
+    let stale_sig = expected_signature(&secret_b64, "msg_2", old, body.as_bytes());
+    let stale = client
+        .send(
+            "POST",
+            "/hooks/generic",
+            &[
+                ("webhook-id", "msg_2"),
+                ("webhook-timestamp", old),
+                ("webhook-signature", stale_sig.as_str()),
+            ],
+            body,
+        )
+        .await;
+    assert_eq!(stale.status, StatusCode::UNAUTHORIZED);
+    let unsigned = client.send("POST", "/hooks/generic", &[], body).await;
+    assert_eq!(unsigned.status, StatusCode::UNAUTHORIZED);
+    gw.gateway.shutdown().await;
+}
