@@ -1,0 +1,376 @@
+//! Delivery: fan-out with signatures, retries and backoff, Retry-After,
+//! 410, exhaustion into dead letters, filters, HTTPS subscribers with a
+//! private CA, and isolation from a subscriber that never answers.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use http::StatusCode;
+
+const TOKEN: &str = "delivery-token";
+const SECRET_A: &str = "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+const SECRET_B: &str = "c2Vjb25kLXNlY3JldC1mb3ItdGVzdHMtb25seQ==";
+
+fn base(subscribers: &str, retry: &str) -> String {
+    format!(
+        r#"
+server:
+  listen: "127.0.0.1:0"
+admin:
+  listen: "127.0.0.1:0"
+  token: admin-token
+store:
+  path: "{{store}}"
+shutdown_grace: 2s
+defaults:
+  timeout: 2s
+  retry:
+{retry}
+routes:
+  - name: muapi
+    path: /hooks/muapi
+    source: muapi
+    auth:
+      tokens: ["{TOKEN}"]
+    subscribers:
+{subscribers}"#
+    )
+}
+
+const FAST_RETRY: &str = "    initial_interval: 100ms\n    multiplier: 2.0\n    max_interval: 2s\n    max_elapsed: 1m\n    jitter: 0.0\n";
+
+#[tokio::test]
+async fn one_callback_reaches_three_subscribers_signed_and_verbatim() {
+    let sinks = [
+        Sink::start().await,
+        Sink::start().await,
+        Sink::start().await,
+    ];
+    let subs = format!(
+        r#"      - name: app
+        url: {}
+        signing_secrets: ["whsec_{SECRET_A}", "whsec_{SECRET_B}"]
+        headers: {{ X-Env: test }}
+      - name: analytics
+        url: {}
+        signing_secrets: ["whsec_{SECRET_B}"]
+      - name: notifier
+        url: {}
+"#,
+        sinks[0].url("/app"),
+        sinks[1].url("/analytics"),
+        sinks[2].url("/notify")
+    );
+    let gw = TestGateway::start(&base(&subs, FAST_RETRY), None).await;
+    let client = TestClient::plain(gw.ingress);
+    // Unusual spacing and field order: forwarded byte for byte, never re-serialised.
+    let body = "{ \"status\":\"completed\",  \"id\":\"fan-1\", \"outputs\":[\"https://x/1.png\"], \"extra\": {\"k\": 1.50} }";
+    let answer = client.post("/hooks/muapi", TOKEN, body).await;
+    assert_eq!(answer.status, StatusCode::OK);
+    let event_id = answer.body["event_id"].as_str().unwrap().to_string();
+    for sink in &sinks {
+        sink.wait_for(1, Duration::from_secs(10)).await;
+        let got = &sink.received()[0];
+        assert_eq!(got.body, body.as_bytes(), "body must be verbatim");
+        assert_eq!(got.headers["webhook-id"], event_id.as_str());
+        assert_eq!(got.headers["content-type"], "application/json");
+        assert_eq!(got.headers["hookrelay-attempt"], "1");
+        assert_eq!(got.headers["hookrelay-route"], "muapi");
+        assert!(got.headers["user-agent"]
+            .to_str()
+            .unwrap()
+            .starts_with("hookrelay/"));
+    }
+    let check = |sink: &Sink, secrets: &[&str]| {
+        let got = &sink.received()[0];
+        let ts = got.headers["webhook-timestamp"]
+            .to_str()
+            .unwrap()
+            .to_string();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        assert!(ts.parse::<u64>().unwrap().abs_diff(now) < 60);
+        let expected: Vec<String> = secrets
+            .iter()
+            .map(|s| expected_signature(s, &event_id, &ts, &got.body))
+            .collect();
+        assert_eq!(
+            got.headers["webhook-signature"].to_str().unwrap(),
+            expected.join(" ")
+        );
+    };
+    check(&sinks[0], &[SECRET_A, SECRET_B]);
+    check(&sinks[1], &[SECRET_B]);
+    assert!(sinks[2].received()[0]
+        .headers
+        .get("webhook-signature")
+        .is_none());
+    assert_eq!(sinks[0].received()[0].headers["x-env"], "test");
+    gw.gateway.shutdown().await;
+}
+
+#[tokio::test]
+async fn failing_subscriber_is_retried_with_growing_gaps() {
+    let sink = Sink::start().await;
+    sink.script(vec![
+        Reply::Status(500, vec![]),
+        Reply::Status(500, vec![]),
+        Reply::Status(500, vec![]),
+    ]);
+    let subs = format!("      - name: app\n        url: {}\n", sink.url("/x"));
+    let gw = TestGateway::start(&base(&subs, FAST_RETRY), None).await;
+    let client = TestClient::plain(gw.ingress);
+    let answer = client
+        .post("/hooks/muapi", TOKEN, &muapi_body("retry-1", "completed"))
+        .await;
+    assert_eq!(answer.status, StatusCode::OK);
+    sink.wait_for(4, Duration::from_secs(20)).await;
+    let got = sink.received();
+    let attempts: Vec<_> = got
+        .iter()
+        .map(|r| r.headers["hookrelay-attempt"].to_str().unwrap().to_string())
+        .collect();
+    assert_eq!(attempts, ["1", "2", "3", "4"]);
+    let ids: std::collections::HashSet<_> = got
+        .iter()
+        .map(|r| r.headers["webhook-id"].clone())
+        .collect();
+    assert_eq!(ids.len(), 1, "the same webhook-id on every attempt");
+    let gaps: Vec<Duration> = got.windows(2).map(|w| w[1].at - w[0].at).collect();
+    println!("retry gaps: {gaps:?}");
+    assert!(gaps[0] >= Duration::from_millis(90));
+    assert!(
+        gaps[1] > gaps[0] && gaps[2] > gaps[1],
+        "gaps must grow: {gaps:?}"
+    );
+    // Delivered on attempt 4: no fifth request.
+    let event_id = answer.body["event_id"].as_str().unwrap();
+    let admin = TestClient::plain(gw.admin);
+    let mut delivered = false;
+    for _ in 0..200 {
+        let view = admin
+            .send(
+                "GET",
+                &format!("/api/v1/events/{event_id}"),
+                &[("authorization", "Bearer admin-token")],
+                "",
+            )
+            .await;
+        if view.body["deliveries"][0]["state"] == "delivered" {
+            assert_eq!(view.body["deliveries"][0]["attempts"], 4);
+            assert_eq!(
+                view.body["deliveries"][0]["history"]
+                    .as_array()
+                    .unwrap()
+                    .len(),
+                4
+            );
+            delivered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(delivered, "the store must record the delivery");
+    assert_eq!(sink.count(), 4);
+    gw.gateway.shutdown().await;
+}
+
+#[tokio::test]
+async fn retry_after_on_429_is_honoured() {
+    let sink = Sink::start().await;
+    sink.script(vec![Reply::Status(429, vec![("retry-after", "1".into())])]);
+    let subs = format!("      - name: app\n        url: {}\n", sink.url("/x"));
+    let gw = TestGateway::start(&base(&subs, FAST_RETRY), None).await;
+    let client = TestClient::plain(gw.ingress);
+    client
+        .post("/hooks/muapi", TOKEN, &muapi_body("ra-1", "completed"))
+        .await;
+    sink.wait_for(2, Duration::from_secs(10)).await;
+    let got = sink.received();
+    let gap = got[1].at - got[0].at;
+    println!("gap after 429 Retry-After: 1 = {gap:?}");
+    assert!(
+        gap >= Duration::from_secs(1),
+        "Retry-After ignored: {gap:?}"
+    );
+    gw.gateway.shutdown().await;
+}
+
+async fn dead_letters(admin: &TestClient) -> serde_json::Value {
+    admin
+        .send(
+            "GET",
+            "/api/v1/dead-letters",
+            &[("authorization", "Bearer admin-token")],
+            "",
+        )
+        .await
+        .body
+}
+
+#[tokio::test]
+async fn gone_410_is_a_dead_letter_after_one_attempt() {
+    let sink = Sink::start().await;
+    sink.set_default(Reply::Status(410, vec![]));
+    let subs = format!("      - name: app\n        url: {}\n", sink.url("/x"));
+    let gw = TestGateway::start(&base(&subs, FAST_RETRY), None).await;
+    let client = TestClient::plain(gw.ingress);
+    let admin = TestClient::plain(gw.admin);
+    client
+        .post("/hooks/muapi", TOKEN, &muapi_body("gone-1", "completed"))
+        .await;
+    sink.wait_for(1, Duration::from_secs(10)).await;
+    let mut letters = serde_json::Value::Null;
+    for _ in 0..500 {
+        letters = dead_letters(&admin).await;
+        if letters["dead_letters"]
+            .as_array()
+            .is_some_and(|a| !a.is_empty())
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let letter = &letters["dead_letters"][0];
+    assert_eq!(letter["attempts"], 1);
+    assert!(letter["dead_reason"].as_str().unwrap().contains("410"));
+    assert_eq!(letter["history"][0]["status"], 410);
+    assert_eq!(sink.count(), 1, "410 stops retries at once");
+    gw.gateway.shutdown().await;
+}
+
+#[tokio::test]
+async fn exhaustion_makes_a_dead_letter_with_the_last_error() {
+    let sink = Sink::start().await;
+    sink.set_default(Reply::Status(503, vec![]));
+    let subs = format!("      - name: app\n        url: {}\n", sink.url("/x"));
+    let retry = "    initial_interval: 50ms\n    multiplier: 2.0\n    max_interval: 200ms\n    max_elapsed: 600ms\n    jitter: 0.0\n";
+    let gw = TestGateway::start(&base(&subs, retry), None).await;
+    let client = TestClient::plain(gw.ingress);
+    let admin = TestClient::plain(gw.admin);
+    client
+        .post("/hooks/muapi", TOKEN, &muapi_body("exhaust-1", "completed"))
+        .await;
+    let mut letters = serde_json::Value::Null;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < deadline {
+        letters = dead_letters(&admin).await;
+        if letters["dead_letters"]
+            .as_array()
+            .is_some_and(|a| !a.is_empty())
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let letter = &letters["dead_letters"][0];
+    let reason = letter["dead_reason"].as_str().expect("a dead letter");
+    assert!(reason.contains("HTTP 503"), "{reason}");
+    assert!(reason.contains("max_elapsed"), "{reason}");
+    let attempts = letter["attempts"].as_u64().unwrap();
+    assert!(attempts >= 3, "{attempts} attempts");
+    assert_eq!(sink.count() as u64, attempts);
+    gw.gateway.shutdown().await;
+}
+
+#[tokio::test]
+async fn status_filter_keeps_failed_callbacks_away() {
+    let only_completed = Sink::start().await;
+    let everything = Sink::start().await;
+    let subs = format!(
+        "      - name: app\n        url: {}\n        when: {{ status: [completed] }}\n      - name: all\n        url: {}\n",
+        only_completed.url("/c"),
+        everything.url("/a")
+    );
+    let gw = TestGateway::start(&base(&subs, FAST_RETRY), None).await;
+    let client = TestClient::plain(gw.ingress);
+    client
+        .post("/hooks/muapi", TOKEN, &muapi_body("f-1", "failed"))
+        .await;
+    client
+        .post("/hooks/muapi", TOKEN, &muapi_body("f-2", "completed"))
+        .await;
+    client
+        .post("/hooks/muapi", TOKEN, &muapi_body("f-3", "failed"))
+        .await;
+    everything.wait_for(3, Duration::from_secs(10)).await;
+    only_completed.wait_for(1, Duration::from_secs(10)).await;
+    // Every delivery for "all" is done; "app" was never given the failed ones.
+    assert_eq!(only_completed.count(), 1);
+    let got: serde_json::Value =
+        serde_json::from_slice(&only_completed.received()[0].body).unwrap();
+    assert_eq!(got["status"], "completed");
+    gw.gateway.shutdown().await;
+}
+
+#[tokio::test]
+async fn https_subscriber_with_private_ca() {
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, &pki.ca_pem).unwrap();
+    let sink = Sink::start_with(Some(pki.server_config())).await;
+    let subs = format!(
+        "      - name: app\n        url: https://localhost:{}/secure\n        ca_file: {}\n",
+        sink.addr.port(),
+        ca.display()
+    );
+    let gw = TestGateway::start(&base(&subs, FAST_RETRY), None).await;
+    let client = TestClient::plain(gw.ingress);
+    client
+        .post("/hooks/muapi", TOKEN, &muapi_body("tls-1", "completed"))
+        .await;
+    sink.wait_for(1, Duration::from_secs(10)).await;
+    gw.gateway.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_subscriber_that_never_answers_does_not_delay_the_others() {
+    let hole = black_hole().await;
+    let healthy = Sink::start().await;
+    let subs = format!(
+        "      - name: stuck\n        url: http://{hole}/never\n        timeout: 2s\n        max_in_flight: 4\n      - name: healthy\n        url: {}\n",
+        healthy.url("/ok")
+    );
+    let gw = TestGateway::start(&base(&subs, FAST_RETRY), None).await;
+    let client = TestClient::plain(gw.ingress);
+    let started = Instant::now();
+    let mut sent_at = Vec::new();
+    for i in 0..200 {
+        sent_at.push(Instant::now());
+        let answer = client
+            .post(
+                "/hooks/muapi",
+                TOKEN,
+                &muapi_body(&format!("iso-{i}"), "completed"),
+            )
+            .await;
+        assert_eq!(answer.status, StatusCode::OK);
+    }
+    healthy.wait_for(200, Duration::from_secs(30)).await;
+    let total = started.elapsed();
+    let received = healthy.received();
+    let worst = received
+        .iter()
+        .map(|r| {
+            let body: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+            let i: usize = body["id"].as_str().unwrap()[4..].parse().unwrap();
+            r.at.saturating_duration_since(sent_at[i])
+        })
+        .max()
+        .unwrap();
+    println!(
+        "200 callbacks reached the healthy subscriber in {total:?}; worst per-callback delay {worst:?} (stuck subscriber timeout 2s)"
+    );
+    // Generous bound: the stuck subscriber's 2s timeouts must not serialise
+    // the healthy one's deliveries (that would take 200 × 2s / 4).
+    assert!(
+        worst < Duration::from_secs(2),
+        "healthy deliveries waited {worst:?}"
+    );
+    gw.gateway.shutdown().await;
+}
