@@ -195,6 +195,19 @@ impl TestClient {
         headers: &[(&str, &str)],
         body: impl Into<Bytes>,
     ) -> Answer {
+        self.try_send(method, path_and_query, headers, body)
+            .await
+            .expect("request reaches the gateway")
+    }
+
+    /// Like [`TestClient::send`], but a transport error is returned.
+    pub async fn try_send(
+        &self,
+        method: &str,
+        path_and_query: &str,
+        headers: &[(&str, &str)],
+        body: impl Into<Bytes>,
+    ) -> Result<Answer, String> {
         let mut request = Request::builder()
             .method(method)
             .uri(format!("{}{}", self.base, path_and_query));
@@ -205,18 +218,38 @@ impl TestClient {
             .client
             .request(request.body(Full::new(body.into())).unwrap())
             .await
-            .expect("request reaches the gateway");
+            .map_err(|e| e.to_string())?;
         let status = response.status();
         let version = response.version();
         let headers = response.headers().clone();
-        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?
+            .to_bytes();
         let body = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
-        Answer {
+        Ok(Answer {
             status,
             headers,
             body,
             version,
-        }
+        })
+    }
+
+    /// POSTs with a bearer token; a transport error is returned.
+    pub async fn try_post(&self, path: &str, token: &str, body: &str) -> Result<Answer, String> {
+        let auth = format!("Bearer {token}");
+        self.try_send(
+            "POST",
+            path,
+            &[
+                ("authorization", &auth),
+                ("content-type", "application/json"),
+            ],
+            body.to_string(),
+        )
+        .await
     }
 
     /// POSTs a JSON body with a bearer token.
