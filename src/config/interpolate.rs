@@ -19,17 +19,13 @@ pub fn interpolate(
     problems: &mut Vec<Problem>,
 ) {
     match value {
-        Value::String(text) => {
-            if text.contains('$') {
-                match expand(text, lookup) {
-                    Ok(expanded) => *text = expanded,
-                    Err(name) => problems.push(Problem::new(
-                        path.clone(),
-                        format!("environment variable `{name}` is not set"),
-                    )),
-                }
-            }
-        }
+        Value::String(text) if text.contains('$') => match expand(text, lookup) {
+            Ok(expanded) => *text = expanded,
+            Err(name) => problems.push(Problem::new(
+                path.clone(),
+                format!("environment variable `{name}` is not set"),
+            )),
+        },
         Value::Array(items) => {
             for (i, item) in items.iter_mut().enumerate() {
                 let len = path.len();

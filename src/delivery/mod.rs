@@ -25,6 +25,9 @@ use crate::store::{DeliveryRecord, Store};
 use client::DeliveryClient;
 use lane::{Job, Lane, LaneDeps, LaneMsg, LaneStats};
 
+/// A lane's identity: (route name, subscriber name).
+type LaneKey = (Arc<str>, Arc<str>);
+
 struct LaneHandle {
     subscriber: Arc<Subscriber>,
     tx: mpsc::UnboundedSender<LaneMsg>,
@@ -51,7 +54,7 @@ pub struct LaneSnapshot {
 
 /// Routes deliveries to per-subscriber lanes.
 pub struct Dispatcher {
-    lanes: RwLock<HashMap<(Arc<str>, Arc<str>), LaneHandle>>,
+    lanes: RwLock<HashMap<LaneKey, LaneHandle>>,
     deps: Arc<LaneDeps>,
     default_client: DeliveryClient,
     ca_clients: RwLock<HashMap<PathBuf, DeliveryClient>>,
