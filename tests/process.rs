@@ -6,16 +6,12 @@ mod common;
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
-use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
 use http::StatusCode;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
-
-const BIN: &str = env!("CARGO_BIN_EXE_hookrelay");
+use tokio::process::Command;
 const TOKEN: &str = "process-token";
 
 fn write_config(dir: &Path, pki: &Pki, subscribers: &str, retry: &str) -> std::path::PathBuf {
@@ -50,49 +46,6 @@ routes:
     let path = dir.join("hookrelay.yaml");
     std::fs::write(&path, text).unwrap();
     path
-}
-
-/// A running `hookrelay run` child and its bound addresses.
-struct Running {
-    child: Child,
-    ingress: std::net::SocketAddr,
-    admin: std::net::SocketAddr,
-}
-
-/// Starts the binary and waits for its "listening" log line.
-async fn spawn(config: &Path) -> Running {
-    let mut child = Command::new(BIN)
-        .args(["run", "--config"])
-        .arg(config)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("the binary starts");
-    let stderr = child.stderr.take().unwrap();
-    let mut lines = BufReader::new(stderr).lines();
-    let found = tokio::time::timeout(Duration::from_secs(30), async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
-                continue;
-            };
-            if v["fields"]["message"] == "hookrelay listening" {
-                let addr = |k: &str| v["fields"][k].as_str().unwrap().parse().unwrap();
-                return Some((addr("ingress"), addr("admin")));
-            }
-        }
-        None
-    })
-    .await
-    .expect("the gateway reports its addresses in time")
-    .expect("the gateway exited before listening");
-    // Keep draining stderr so the child never blocks on a full pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    Running {
-        child,
-        ingress: found.0,
-        admin: found.1,
-    }
 }
 
 #[tokio::test]

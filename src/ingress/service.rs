@@ -12,6 +12,7 @@ use http::{Method, Request, Response};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use subtle::ConstantTimeEq;
+use tracing::Instrument;
 
 use crate::answer::{self, Rejection};
 use crate::config::{Route, Runtime};
@@ -37,13 +38,22 @@ pub async fn handle(
 ) -> Response<Full<Bytes>> {
     let started = Instant::now();
     let received_ms = now_ms();
+    let span = tracing::info_span!(
+        "ingress",
+        route = tracing::field::Empty,
+        event_id = tracing::field::Empty,
+        outcome = tracing::field::Empty,
+        duration_us = tracing::field::Empty,
+    );
     let runtime = state.runtime.load_full();
     let route = runtime.routes.get(request.uri().path()).cloned();
     let (route_label, result) = match &route {
         None => ("unmatched".to_string(), Err(Rejection::NotFound)),
         Some(route) => (
             route.name.to_string(),
-            process(&state, &runtime, route, peer, request, received_ms).await,
+            process(&state, &runtime, route, peer, request, received_ms)
+                .instrument(span.clone())
+                .await,
         ),
     };
     let (outcome, response, event_id) = match result {
@@ -71,15 +81,21 @@ pub async fn handle(
             .with_label_values(&[&route_label])
             .observe(elapsed.as_secs_f64());
     }
-    tracing::info!(
-        route = %route_label,
-        peer = %peer.ip(),
-        event_id = event_id.as_deref().unwrap_or(""),
-        outcome,
-        status = response.status().as_u16(),
-        duration_us = elapsed.as_micros() as u64,
-        "ingress"
-    );
+    span.record("route", route_label.as_str());
+    span.record("event_id", event_id.as_deref().unwrap_or(""));
+    span.record("outcome", outcome);
+    span.record("duration_us", elapsed.as_micros() as u64);
+    span.in_scope(|| {
+        tracing::info!(
+            route = %route_label,
+            peer = %peer.ip(),
+            event_id = event_id.as_deref().unwrap_or(""),
+            outcome,
+            status = response.status().as_u16(),
+            duration_us = elapsed.as_micros() as u64,
+            "ingress request"
+        )
+    });
     response
 }
 

@@ -237,6 +237,27 @@ impl TestClient {
         })
     }
 
+    /// GETs a path and returns the raw body bytes.
+    pub async fn send_raw(&self, method: &str, path: &str) -> Vec<u8> {
+        let request = Request::builder()
+            .method(method)
+            .uri(format!("{}{}", self.base, path))
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let response = self
+            .client
+            .request(request)
+            .await
+            .expect("request reaches the gateway");
+        response
+            .into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes()
+            .to_vec()
+    }
+
     /// POSTs with a bearer token; a transport error is returned.
     pub async fn try_post(&self, path: &str, token: &str, body: &str) -> Result<Answer, String> {
         let auth = format!("Bearer {token}");
@@ -511,4 +532,79 @@ pub fn expected_signature(secret_b64: &str, id: &str, timestamp: &str, body: &[u
 /// A server name for raw TLS connections in tests.
 pub fn localhost() -> ServerName<'static> {
     ServerName::try_from("localhost").unwrap()
+}
+
+/// The built binary.
+pub const BIN: &str = env!("CARGO_BIN_EXE_hookrelay");
+
+/// A running `hookrelay run` child, its bound addresses and its log lines.
+pub struct Running {
+    pub child: tokio::process::Child,
+    pub ingress: SocketAddr,
+    pub admin: SocketAddr,
+    /// Every stderr line so far (JSON logs).
+    pub logs: Arc<Mutex<Vec<String>>>,
+}
+
+impl Running {
+    /// Sends a signal (`-TERM`, `-HUP`, …) with kill(1).
+    pub fn signal(&self, sig: &str) {
+        let pid = self.child.id().expect("child running").to_string();
+        let status = std::process::Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// All log lines joined.
+    pub fn log_text(&self) -> String {
+        self.logs.lock().unwrap().join("\n")
+    }
+}
+
+/// Starts `hookrelay run --config FILE` (JSON logs expected) and waits for
+/// its "hookrelay listening" line.
+pub async fn spawn(config: &Path) -> Running {
+    use tokio::io::AsyncBufReadExt;
+    let mut child = tokio::process::Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(config)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the binary starts");
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = tokio::io::BufReader::new(stderr).lines();
+    let logs: Arc<Mutex<Vec<String>>> = Arc::default();
+    let found = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            logs.lock().unwrap().push(line.clone());
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
+                continue;
+            };
+            if v["fields"]["message"] == "hookrelay listening" {
+                let addr = |k: &str| v["fields"][k].as_str().unwrap().parse().unwrap();
+                return Some((addr("ingress"), addr("admin")));
+            }
+        }
+        None
+    })
+    .await
+    .expect("the gateway reports its addresses in time")
+    .expect("the gateway exited before listening");
+    // Keep draining stderr so the child never blocks on a full pipe.
+    let sink = logs.clone();
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = lines.next_line().await {
+            sink.lock().unwrap().push(line);
+        }
+    });
+    Running {
+        child,
+        ingress: found.0,
+        admin: found.1,
+        logs,
+    }
 }

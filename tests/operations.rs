@@ -1,0 +1,823 @@
+//! Operations: the metrics page, the admin API, hot reload (SIGHUP on the
+//! binary, certificates included), draining on SIGTERM, and logs free of
+//! secrets.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use http::StatusCode;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const TOKEN: &str = "ops-token-0123456789";
+const ADMIN: &str = "Bearer admin-secret-token";
+
+fn config(app: &Sink, dying: &Sink, admin_token: bool) -> String {
+    format!(
+        r#"
+server:
+  listen: "127.0.0.1:0"
+admin:
+  listen: "127.0.0.1:0"
+{token}
+store:
+  path: "{{store}}"
+shutdown_grace: 2s
+defaults:
+  retry: {{ initial_interval: 50ms, max_interval: 200ms, jitter: 0.0 }}
+routes:
+  - name: muapi
+    path: /hooks/muapi
+    source: muapi
+    auth:
+      tokens: ["{TOKEN}"]
+    subscribers:
+      - name: app
+        url: {}
+      - name: dying
+        url: {}
+        signing_secrets: ["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"]
+"#,
+        app.url("/app"),
+        dying.url("/dying"),
+        token = if admin_token {
+            "  token: admin-secret-token"
+        } else {
+            ""
+        }
+    )
+}
+
+async fn wait_dead(admin: &TestClient, n: usize) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let answer = admin
+            .send(
+                "GET",
+                "/api/v1/dead-letters",
+                &[("authorization", ADMIN)],
+                "",
+            )
+            .await;
+        if answer.body["dead_letters"]
+            .as_array()
+            .map_or(0, |a| a.len())
+            >= n
+        {
+            return answer.body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "expected {n} dead letters: {:?}",
+            answer.body
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn sample(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
+    scrape
+        .samples
+        .iter()
+        .find(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        .map(|s| match s.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => v,
+            prometheus_parse::Value::Histogram(ref h) => h.last().map_or(0.0, |b| b.count),
+            prometheus_parse::Value::Summary(_) => f64::NAN,
+        })
+        .unwrap_or_else(|| panic!("no sample {name}{labels:?}"))
+}
+
+async fn scrape(admin: &TestClient) -> (String, prometheus_parse::Scrape) {
+    let response = reqwest_text(admin, "/metrics").await;
+    let lines = response.lines().map(|l| Ok(l.to_string()));
+    let parsed =
+        prometheus_parse::Scrape::parse(lines).expect("the page parses as Prometheus text");
+    (response, parsed)
+}
+
+/// GETs a text page from the admin listener.
+async fn reqwest_text(admin: &TestClient, path: &str) -> String {
+    let raw = admin.send_raw("GET", path).await;
+    String::from_utf8(raw).unwrap()
+}
+
+#[tokio::test]
+async fn metrics_count_every_outcome_and_parse_and_survive_restart() {
+    let app = Sink::start().await;
+    let dying = Sink::start().await;
+    dying.set_default(Reply::Status(410, vec![]));
+    let gw = TestGateway::start(&config(&app, &dying, true), None).await;
+    let client = TestClient::plain(gw.ingress);
+    let admin = TestClient::plain(gw.admin);
+    let body = muapi_body("metrics-1", "completed");
+    assert_eq!(
+        client.post("/hooks/muapi", TOKEN, &body).await.body["status"],
+        "accepted"
+    );
+    assert_eq!(
+        client.post("/hooks/muapi", TOKEN, &body).await.body["status"],
+        "duplicate"
+    );
+    assert_eq!(
+        client.post("/hooks/muapi", "wrong", &body).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        client.post("/hooks/muapi", TOKEN, "[1,2").await.status,
+        StatusCode::BAD_REQUEST
+    );
+    assert_eq!(
+        client.post("/nowhere", TOKEN, &body).await.status,
+        StatusCode::NOT_FOUND
+    );
+    app.wait_for(1, Duration::from_secs(10)).await;
+    wait_dead(&admin, 1).await;
+
+    let (page, m) = scrape(&admin).await;
+    let ingress = "hookrelay_ingress_requests_total";
+    for (outcome, n) in [
+        ("accepted", 1.0),
+        ("duplicate", 1.0),
+        ("unauthorized", 1.0),
+        ("invalid", 1.0),
+    ] {
+        assert_eq!(
+            sample(&m, ingress, &[("route", "muapi"), ("outcome", outcome)]),
+            n,
+            "{outcome}"
+        );
+    }
+    assert_eq!(sample(&m, ingress, &[("outcome", "not_found")]), 1.0);
+    let app_l = [("route", "muapi"), ("subscriber", "app")];
+    let dying_l = [("route", "muapi"), ("subscriber", "dying")];
+    let with = |base: &[(&'static str, &'static str); 2], k: &'static str, v: &'static str| {
+        vec![base[0], base[1], (k, v)]
+    };
+    assert_eq!(
+        sample(
+            &m,
+            "hookrelay_deliveries_total",
+            &with(&app_l, "outcome", "delivered")
+        ),
+        1.0
+    );
+    assert_eq!(
+        sample(
+            &m,
+            "hookrelay_deliveries_total",
+            &with(&dying_l, "outcome", "dead")
+        ),
+        1.0
+    );
+    assert_eq!(
+        sample(
+            &m,
+            "hookrelay_delivery_attempts_total",
+            &with(&app_l, "result", "2xx")
+        ),
+        1.0
+    );
+    assert_eq!(
+        sample(
+            &m,
+            "hookrelay_delivery_attempts_total",
+            &with(&dying_l, "result", "4xx")
+        ),
+        1.0
+    );
+    assert_eq!(sample(&m, "hookrelay_dead_letters", &dying_l), 1.0);
+    assert_eq!(sample(&m, "hookrelay_deliveries_pending", &app_l), 0.0);
+    assert_eq!(sample(&m, "hookrelay_circuit_open", &app_l), 0.0);
+    assert_eq!(sample(&m, "hookrelay_idempotency_keys", &[]), 1.0);
+    assert!(sample(&m, "hookrelay_store_commit_batch_size_count", &[]) >= 1.0);
+    assert!(
+        sample(
+            &m,
+            "hookrelay_ingress_request_duration_seconds_count",
+            &[("route", "muapi")]
+        ) >= 4.0
+    );
+    assert!(sample(&m, "hookrelay_delivery_latency_seconds_count", &app_l) >= 1.0);
+    assert!(page.contains("hookrelay_delivery_attempt_duration_seconds_bucket"));
+    assert!(page.contains("hookrelay_store_commit_duration_seconds_bucket"));
+    assert!(page.contains("process_resident_memory_bytes"));
+    assert!(!page.contains(TOKEN) && !page.contains("whsec_") && !page.contains("admin-secret"));
+
+    // Gauges are derived from the store after a restart.
+    let store_dir = gw.dir;
+    gw.gateway.shutdown().await;
+    let text = config(&app, &dying, true)
+        .replace(
+            "{store}",
+            &store_dir.path().join("data").display().to_string(),
+        )
+        .replace("{tls}\n", "");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let restarted = loop {
+        let cfg = hookrelay::Config::from_yaml(&text, &|_| None).unwrap();
+        match hookrelay::Gateway::start(cfg).await {
+            Ok(g) => break g,
+            Err(hookrelay::GatewayError::Store(hookrelay::store::StoreError::Locked(_))) => {
+                assert!(Instant::now() < deadline, "store lock never released");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    };
+    let admin = TestClient::plain(restarted.admin_addr);
+    let (_, m) = scrape(&admin).await;
+    assert_eq!(sample(&m, "hookrelay_dead_letters", &dying_l), 1.0);
+    assert_eq!(sample(&m, "hookrelay_idempotency_keys", &[]), 1.0);
+    let client = TestClient::plain(restarted.ingress_addr);
+    assert_eq!(
+        client.post("/hooks/muapi", TOKEN, &body).await.body["status"],
+        "duplicate"
+    );
+    restarted.shutdown().await;
+}
+
+#[tokio::test]
+async fn admin_api_endpoints_with_and_without_token_and_replay() {
+    let app = Sink::start().await;
+    let dying = Sink::start().await;
+    dying.set_default(Reply::Status(410, vec![]));
+    let gw = TestGateway::start(&config(&app, &dying, true), None).await;
+    let client = TestClient::plain(gw.ingress);
+    let admin = TestClient::plain(gw.admin);
+    let accepted = client
+        .post("/hooks/muapi", TOKEN, &muapi_body("admin-1", "completed"))
+        .await;
+    let event_id = accepted.body["event_id"].as_str().unwrap().to_string();
+    let letters = wait_dead(&admin, 1).await;
+    let dead_id = letters["dead_letters"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(dead_id, format!("{event_id}.dying"));
+
+    let endpoints = [
+        ("GET", "/api/v1/subscribers".to_string()),
+        ("GET", format!("/api/v1/events/{event_id}")),
+        ("GET", "/api/v1/dead-letters".to_string()),
+        ("POST", "/api/v1/dead-letters/replay".to_string()),
+        ("DELETE", format!("/api/v1/dead-letters/{dead_id}")),
+        ("POST", "/api/v1/reload".to_string()),
+    ];
+    for (method, path) in &endpoints {
+        let none = admin.send(method, path, &[], "").await;
+        assert_eq!(
+            none.status,
+            StatusCode::UNAUTHORIZED,
+            "{method} {path} without token"
+        );
+        let wrong = admin
+            .send(method, path, &[("authorization", "Bearer nope")], "")
+            .await;
+        assert_eq!(
+            wrong.status,
+            StatusCode::UNAUTHORIZED,
+            "{method} {path} wrong token"
+        );
+    }
+    assert_eq!(
+        admin.send("GET", "/healthz", &[], "").await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        admin.send("GET", "/readyz", &[], "").await.status,
+        StatusCode::OK
+    );
+
+    let subs = admin
+        .send(
+            "GET",
+            "/api/v1/subscribers",
+            &[("authorization", ADMIN)],
+            "",
+        )
+        .await;
+    assert_eq!(subs.status, StatusCode::OK);
+    let list = subs.body["subscribers"].as_array().unwrap();
+    assert_eq!(list.len(), 2);
+    let dying_row = list.iter().find(|s| s["subscriber"] == "dying").unwrap();
+    assert_eq!(dying_row["dead_letters"], 1);
+    assert_eq!(dying_row["circuit"], "closed");
+    assert_eq!(dying_row["route"], "muapi");
+
+    let event = admin
+        .send(
+            "GET",
+            &format!("/api/v1/events/{event_id}"),
+            &[("authorization", ADMIN)],
+            "",
+        )
+        .await;
+    assert_eq!(event.status, StatusCode::OK);
+    assert_eq!(event.body["event"]["route"], "muapi");
+    let deliveries = event.body["deliveries"].as_array().unwrap();
+    assert_eq!(deliveries.len(), 2);
+    let attempt = &deliveries
+        .iter()
+        .find(|d| d["subscriber"] == "dying")
+        .unwrap()["history"][0];
+    assert_eq!(attempt["status"], 410);
+    assert!(attempt["at_ms"].as_u64().unwrap() > 0);
+    assert!(attempt.get("duration_ms").is_some());
+    let missing = admin
+        .send(
+            "GET",
+            "/api/v1/events/nope",
+            &[("authorization", ADMIN)],
+            "",
+        )
+        .await;
+    assert_eq!(missing.status, StatusCode::NOT_FOUND);
+
+    for bad in ["limit=abc", "limit=0", "limit=5000", "colour=red"] {
+        let answer = admin
+            .send(
+                "GET",
+                &format!("/api/v1/dead-letters?{bad}"),
+                &[("authorization", ADMIN)],
+                "",
+            )
+            .await;
+        assert_eq!(answer.status, StatusCode::BAD_REQUEST, "{bad}");
+        assert!(answer.body["error"].is_string());
+    }
+    let filtered = admin
+        .send(
+            "GET",
+            "/api/v1/dead-letters?route=muapi&subscriber=app&limit=5",
+            &[("authorization", ADMIN)],
+            "",
+        )
+        .await;
+    assert_eq!(filtered.body["dead_letters"].as_array().unwrap().len(), 0);
+    let bad_replay = admin
+        .send(
+            "POST",
+            "/api/v1/dead-letters/replay",
+            &[("authorization", ADMIN)],
+            r#"{"route":"muapi"}"#,
+        )
+        .await;
+    assert_eq!(bad_replay.status, StatusCode::BAD_REQUEST);
+
+    // The subscriber recovers; the replayed dead letter is delivered.
+    dying.set_default(Reply::Status(200, vec![]));
+    let replay = admin
+        .send(
+            "POST",
+            "/api/v1/dead-letters/replay",
+            &[("authorization", ADMIN)],
+            format!(r#"{{"ids":["{dead_id}"]}}"#),
+        )
+        .await;
+    assert_eq!(replay.status, StatusCode::OK);
+    assert_eq!(replay.body["requeued"], 1);
+    dying.wait_for(2, Duration::from_secs(10)).await;
+    let replayed = &dying.received()[1];
+    assert_eq!(replayed.headers["webhook-id"], event_id.as_str());
+    let after = admin
+        .send(
+            "GET",
+            "/api/v1/dead-letters",
+            &[("authorization", ADMIN)],
+            "",
+        )
+        .await;
+    assert_eq!(after.body["dead_letters"].as_array().unwrap().len(), 0);
+
+    // Replay by subscriber, then delete.
+    dying.set_default(Reply::Status(410, vec![]));
+    client
+        .post("/hooks/muapi", TOKEN, &muapi_body("admin-2", "completed"))
+        .await;
+    let letters = wait_dead(&admin, 1).await;
+    let second = letters["dead_letters"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let by_sub = admin
+        .send(
+            "POST",
+            "/api/v1/dead-letters/replay",
+            &[("authorization", ADMIN)],
+            r#"{"route":"muapi","subscriber":"dying"}"#,
+        )
+        .await;
+    assert_eq!(by_sub.body["requeued"], 1);
+    wait_dead(&admin, 1).await;
+    let deleted = admin
+        .send(
+            "DELETE",
+            &format!("/api/v1/dead-letters/{second}"),
+            &[("authorization", ADMIN)],
+            "",
+        )
+        .await;
+    assert_eq!(deleted.status, StatusCode::OK);
+    let again = admin
+        .send(
+            "DELETE",
+            &format!("/api/v1/dead-letters/{second}"),
+            &[("authorization", ADMIN)],
+            "",
+        )
+        .await;
+    assert_eq!(again.status, StatusCode::NOT_FOUND);
+    gw.gateway.shutdown().await;
+}
+
+#[tokio::test]
+async fn admin_api_without_a_configured_token_is_closed() {
+    let app = Sink::start().await;
+    let dying = Sink::start().await;
+    let gw = TestGateway::start(&config(&app, &dying, false), None).await;
+    let admin = TestClient::plain(gw.admin);
+    let answer = admin
+        .send(
+            "GET",
+            "/api/v1/subscribers",
+            &[("authorization", "Bearer anything")],
+            "",
+        )
+        .await;
+    assert_eq!(answer.status, StatusCode::FORBIDDEN);
+    assert!(answer.body["error"]
+        .as_str()
+        .unwrap()
+        .contains("admin.token"));
+    assert_eq!(
+        admin.send("GET", "/healthz", &[], "").await.status,
+        StatusCode::OK
+    );
+    gw.gateway.shutdown().await;
+}
+
+fn binary_config(
+    dir: &std::path::Path,
+    pki: &Pki,
+    tokens: &str,
+    subscribers: &str,
+) -> std::path::PathBuf {
+    let tls = tls_block(pki, dir);
+    let text = format!(
+        r#"server:
+  listen: "127.0.0.1:0"
+{tls}  header_read_timeout: 10s
+admin:
+  listen: "127.0.0.1:0"
+  token: admin-secret-token
+store:
+  path: "{}"
+shutdown_grace: 5s
+log:
+  format: json
+  level: debug
+routes:
+  - name: muapi
+    path: /hooks/muapi
+    source: muapi
+    auth:
+      tokens: [{tokens}]
+    subscribers:
+{subscribers}"#,
+        dir.join("data").display()
+    );
+    let path = dir.join("hookrelay.yaml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// Opens a TLS connection and sends a request head plus part of the body.
+async fn half_request(
+    pki: &Pki,
+    addr: std::net::SocketAddr,
+    token: &str,
+    body: &str,
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    let connector =
+        tokio_rustls::TlsConnector::from(std::sync::Arc::new(pki.client_config(&[b"http/1.1"])));
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut tls = connector.connect(localhost(), tcp).await.unwrap();
+    let head = format!(
+        "POST /hooks/muapi HTTP/1.1\r\nhost: localhost\r\nauthorization: Bearer {token}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
+    tls.write_all(head.as_bytes()).await.unwrap();
+    tls.write_all(&body.as_bytes()[..10]).await.unwrap();
+    tls.flush().await.unwrap();
+    tls
+}
+
+async fn finish_request(
+    mut tls: tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+    body: &str,
+) -> String {
+    tls.write_all(&body.as_bytes()[10..]).await.unwrap();
+    tls.flush().await.unwrap();
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 2048];
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !String::from_utf8_lossy(&answer).contains("}") {
+        assert!(Instant::now() < deadline, "no answer");
+        let n = tokio::time::timeout(Duration::from_secs(10), tls.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        if n == 0 {
+            break;
+        }
+        answer.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8_lossy(&answer).to_string()
+}
+
+#[tokio::test]
+async fn sighup_reloads_tokens_subscribers_and_certificates() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new();
+    let app = Sink::start().await;
+    let added = Sink::start().await;
+    let app_sub = format!(
+        "      - name: app\n        url: {}\n        signing_secrets: [\"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"]\n",
+        app.url("/a")
+    );
+    let config = binary_config(dir.path(), &pki, "\"old-token-aaaa\"", &app_sub);
+    let running = spawn(&config).await;
+    let client = TestClient::tls(&pki, running.ingress, Proto::Http1);
+    let first = client
+        .post(
+            "/hooks/muapi",
+            "old-token-aaaa",
+            &muapi_body("reload-0", "completed"),
+        )
+        .await;
+    assert_eq!(first.status, StatusCode::OK);
+
+    // A request mid-flight across the reload: head and part of the body now.
+    let body = muapi_body("reload-inflight", "completed");
+    let inflight = half_request(&pki, running.ingress, "old-token-aaaa", &body).await;
+
+    // New token, a new subscriber, and a certificate from a new CA.
+    let new_pki = Pki::new();
+    let both = format!(
+        "{app_sub}      - name: added\n        url: {}\n",
+        added.url("/added")
+    );
+    binary_config(dir.path(), &new_pki, "\"new-token-bbbb\"", &both);
+    running.signal("-HUP");
+    let new_client = TestClient::tls(&new_pki, running.ingress, Proto::Http2);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(a) = new_client
+            .try_post(
+                "/hooks/muapi",
+                "new-token-bbbb",
+                &muapi_body("reload-1", "completed"),
+            )
+            .await
+        {
+            assert_eq!(a.status, StatusCode::OK, "{:?}", a.body);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a client trusting only the new CA never connected"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let old = new_client
+        .post(
+            "/hooks/muapi",
+            "old-token-aaaa",
+            &muapi_body("reload-2", "completed"),
+        )
+        .await;
+    assert_eq!(old.status, StatusCode::UNAUTHORIZED);
+    added.wait_for(1, Duration::from_secs(10)).await;
+    let got: serde_json::Value = serde_json::from_slice(&added.received()[0].body).unwrap();
+    assert_eq!(got["id"], "reload-1");
+    // A new connection trusting only the old CA is refused.
+    let old_ca = TestClient::tls(&pki, running.ingress, Proto::Http1);
+    assert!(old_ca
+        .try_post(
+            "/hooks/muapi",
+            "new-token-bbbb",
+            &muapi_body("reload-3", "completed")
+        )
+        .await
+        .is_err());
+    // The request that began before the reload completes on the old config.
+    let answer = finish_request(inflight, &body).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("\"accepted\""), "{answer}");
+
+    // An invalid file changes nothing and is counted.
+    std::fs::write(&config, "routes: [oops").unwrap();
+    running.signal("-HUP");
+    let admin = TestClient::plain(running.admin);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let page = String::from_utf8(admin.send_raw("GET", "/metrics").await).unwrap();
+        if page.contains("hookrelay_config_reloads_total{result=\"error\"} 1") {
+            assert!(page.contains("hookrelay_config_reloads_total{result=\"ok\"} 1"));
+            break;
+        }
+        assert!(Instant::now() < deadline, "failed reload not counted");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let still = new_client
+        .post(
+            "/hooks/muapi",
+            "new-token-bbbb",
+            &muapi_body("reload-4", "completed"),
+        )
+        .await;
+    assert_eq!(still.status, StatusCode::OK);
+    added.wait_for(2, Duration::from_secs(10)).await;
+
+    // No secret reached the logs.
+    let logs = running.log_text();
+    for secret in [
+        "old-token-aaaa",
+        "new-token-bbbb",
+        "admin-secret-token",
+        "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+    ] {
+        assert!(!logs.contains(secret), "{secret} appeared in the logs");
+    }
+    assert!(logs.contains("config reload refused"));
+    assert!(logs.contains("\"outcome\":\"accepted\""));
+}
+
+#[tokio::test]
+async fn removed_subscriber_leaves_its_pending_deliveries_as_dead_letters() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new();
+    let app = Sink::start().await;
+    let hole = black_hole().await;
+    let subs = format!(
+        "      - name: app\n        url: {}\n      - name: doomed\n        url: http://{hole}/x\n        timeout: 30s\n",
+        app.url("/a")
+    );
+    let config = binary_config(dir.path(), &pki, "\"tok-cccc\"", &subs);
+    let running = spawn(&config).await;
+    let client = TestClient::tls(&pki, running.ingress, Proto::Http1);
+    client
+        .post(
+            "/hooks/muapi",
+            "tok-cccc",
+            &muapi_body("orphan-1", "completed"),
+        )
+        .await;
+    app.wait_for(1, Duration::from_secs(10)).await;
+    binary_config(
+        dir.path(),
+        &pki,
+        "\"tok-cccc\"",
+        &format!("      - name: app\n        url: {}\n", app.url("/a")),
+    );
+    running.signal("-HUP");
+    let admin = TestClient::plain(running.admin);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let answer = admin
+            .send(
+                "GET",
+                "/api/v1/dead-letters",
+                &[("authorization", ADMIN)],
+                "",
+            )
+            .await;
+        if let Some(letter) = answer.body["dead_letters"]
+            .as_array()
+            .and_then(|a| a.first())
+        {
+            assert_eq!(letter["subscriber"], "doomed");
+            assert_eq!(letter["dead_reason"], "subscriber removed");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "pending delivery of a removed subscriber not dead-lettered"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn readyz_is_503_while_draining_and_open_requests_finish() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new();
+    let app = Sink::start().await;
+    let config = binary_config(
+        dir.path(),
+        &pki,
+        "\"tok-dddd\"",
+        &format!("      - name: app\n        url: {}\n", app.url("/a")),
+    );
+    let mut running = spawn(&config).await;
+    let admin = TestClient::plain(running.admin);
+    assert_eq!(
+        admin.send("GET", "/readyz", &[], "").await.status,
+        StatusCode::OK
+    );
+    let body = muapi_body("drain-1", "completed");
+    let open = half_request(&pki, running.ingress, "tok-dddd", &body).await;
+    running.signal("-TERM");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let ready = admin.send("GET", "/readyz", &[], "").await;
+        if ready.status == StatusCode::SERVICE_UNAVAILABLE {
+            break;
+        }
+        assert!(Instant::now() < deadline, "/readyz never turned 503");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // New connections are refused while the open request may finish.
+    let answer = finish_request(open, &body).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let exit = tokio::time::timeout(Duration::from_secs(20), running.child.wait())
+        .await
+        .expect("exits after draining")
+        .unwrap();
+    assert_eq!(exit.code(), Some(0));
+    // Acknowledged during the drain, so durable: delivered now or after the
+    // restart (shutdown stops starting new attempts).
+    let _restarted = spawn(&config).await;
+    app.wait_for(1, Duration::from_secs(10)).await;
+}
+
+#[tokio::test]
+async fn dead_letters_cli_lists_and_replays_through_the_admin_api() {
+    let app = Sink::start().await;
+    let dying = Sink::start().await;
+    dying.set_default(Reply::Status(410, vec![]));
+    let gw = TestGateway::start(&config(&app, &dying, true), None).await;
+    let client = TestClient::plain(gw.ingress);
+    let admin = TestClient::plain(gw.admin);
+    let accepted = client
+        .post("/hooks/muapi", TOKEN, &muapi_body("cli-1", "completed"))
+        .await;
+    let event_id = accepted.body["event_id"].as_str().unwrap().to_string();
+    wait_dead(&admin, 1).await;
+    let url = format!("http://{}", gw.admin);
+    let cli = |args: &[&str]| {
+        let mut command = tokio::process::Command::new(BIN);
+        command
+            .args(["dead-letters"])
+            .args(args)
+            .args(["--admin", &url])
+            .env("HOOKRELAY_ADMIN_TOKEN", "admin-secret-token");
+        command
+    };
+    let table = cli(&["list", "--route", "muapi"]).output().await.unwrap();
+    assert!(
+        table.status.success(),
+        "{}",
+        String::from_utf8_lossy(&table.stderr)
+    );
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert!(text.contains(&format!("{event_id}.dying")), "{text}");
+    assert!(text.contains("HTTP 410"), "{text}");
+    assert!(text.contains("1 dead letter(s)"), "{text}");
+    let json = cli(&["list", "--json", "--limit", "5"])
+        .output()
+        .await
+        .unwrap();
+    let parsed: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(parsed["dead_letters"][0]["subscriber"], "dying");
+    // Without the token the CLI fails with the API's reason.
+    let denied = tokio::process::Command::new(BIN)
+        .args(["dead-letters", "list", "--admin", &url])
+        .env_remove("HOOKRELAY_ADMIN_TOKEN")
+        .output()
+        .await
+        .unwrap();
+    assert!(!denied.status.success());
+    assert!(String::from_utf8_lossy(&denied.stderr).contains("401"));
+
+    dying.set_default(Reply::Status(200, vec![]));
+    let replay = cli(&["replay", "--route", "muapi", "--subscriber", "dying"])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        replay.status.success(),
+        "{}",
+        String::from_utf8_lossy(&replay.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&replay.stdout).trim(),
+        "requeued 1 dead letter(s)"
+    );
+    dying.wait_for(2, Duration::from_secs(10)).await;
+    gw.gateway.shutdown().await;
+}
