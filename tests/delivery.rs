@@ -325,6 +325,149 @@ async fn https_subscriber_with_private_ca() {
         .post("/hooks/muapi", TOKEN, &muapi_body("tls-1", "completed"))
         .await;
     sink.wait_for(1, Duration::from_secs(10)).await;
+    // The subscriber offers h2 by ALPN, so the pooled client speaks HTTP/2.
+    assert_eq!(sink.received()[0].version, http::Version::HTTP_2);
+    gw.gateway.shutdown().await;
+}
+
+#[tokio::test]
+async fn redirects_are_not_followed() {
+    let target = Sink::start().await;
+    let redirecting = Sink::start().await;
+    redirecting.set_default(Reply::Status(
+        302,
+        vec![("location", target.url("/elsewhere"))],
+    ));
+    let subs = format!(
+        "      - name: app\n        url: {}\n",
+        redirecting.url("/x")
+    );
+    let gw = TestGateway::start(&base(&subs, FAST_RETRY), None).await;
+    let client = TestClient::plain(gw.ingress);
+    client
+        .post(
+            "/hooks/muapi",
+            TOKEN,
+            &muapi_body("redirect-1", "completed"),
+        )
+        .await;
+    // A 3xx is not a success: it is retried, and the Location is never visited.
+    redirecting.wait_for(2, Duration::from_secs(10)).await;
+    assert_eq!(target.count(), 0);
+    gw.gateway.shutdown().await;
+}
+
+#[tokio::test]
+async fn identical_callbacks_at_the_same_instant_make_one_event() {
+    let sink = Sink::start().await;
+    let subs = format!("      - name: app\n        url: {}\n", sink.url("/x"));
+    let gw = TestGateway::start(&base(&subs, FAST_RETRY), None).await;
+    let body = muapi_body("same-instant", "completed");
+    let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(20));
+    let mut tasks = Vec::new();
+    for _ in 0..20 {
+        let client = TestClient::plain(gw.ingress);
+        let body = body.clone();
+        let barrier = barrier.clone();
+        tasks.push(tokio::spawn(async move {
+            barrier.wait().await;
+            client.post("/hooks/muapi", TOKEN, &body).await
+        }));
+    }
+    let mut statuses = Vec::new();
+    let mut ids = std::collections::HashSet::new();
+    for t in tasks {
+        let answer = t.await.unwrap();
+        assert_eq!(answer.status, StatusCode::OK);
+        statuses.push(answer.body["status"].as_str().unwrap().to_string());
+        ids.insert(answer.body["event_id"].as_str().unwrap().to_string());
+    }
+    assert_eq!(
+        statuses.iter().filter(|s| *s == "accepted").count(),
+        1,
+        "{statuses:?}"
+    );
+    assert_eq!(statuses.iter().filter(|s| *s == "duplicate").count(), 19);
+    assert_eq!(ids.len(), 1);
+    sink.wait_for(1, Duration::from_secs(10)).await;
+    gw.gateway.shutdown().await;
+    assert_eq!(sink.count(), 1);
+}
+
+#[tokio::test]
+async fn circuit_breaker_opens_holds_deliveries_and_recovers_with_a_probe() {
+    let sink = Sink::start().await;
+    sink.set_default(Reply::Status(500, vec![]));
+    let subs = format!(
+        "      - name: app\n        url: {}\n        circuit_breaker: {{ failure_threshold: 3, cooldown: 1500ms }}\n",
+        sink.url("/x")
+    );
+    let retry = "    initial_interval: 50ms\n    multiplier: 2.0\n    max_interval: 200ms\n    max_elapsed: 1m\n    jitter: 0.0\n";
+    let gw = TestGateway::start(&base(&subs, retry), None).await;
+    let client = TestClient::plain(gw.ingress);
+    let admin = TestClient::plain(gw.admin);
+    client
+        .post("/hooks/muapi", TOKEN, &muapi_body("breaker-1", "completed"))
+        .await;
+    sink.wait_for(3, Duration::from_secs(10)).await;
+    // Three consecutive failures open the circuit.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let subs = admin
+            .send(
+                "GET",
+                "/api/v1/subscribers",
+                &[("authorization", "Bearer admin-token")],
+                "",
+            )
+            .await;
+        if subs.body["subscribers"][0]["circuit"] == "open" {
+            assert_eq!(
+                subs.body["subscribers"][0]["pending"], 1,
+                "held, not failed"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "circuit never opened: {:?}",
+            subs.body
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let metrics = String::from_utf8(admin.send_raw("GET", "/metrics").await).unwrap();
+    assert!(metrics.contains("hookrelay_circuit_open{route=\"muapi\",subscriber=\"app\"} 1"));
+    sink.set_default(Reply::Status(200, vec![]));
+    sink.wait_for(4, Duration::from_secs(10)).await;
+    let got = sink.received();
+    let held = got[3].at - got[2].at;
+    println!("breaker held the fourth attempt for {held:?} (retry interval 200ms, cooldown 1.5s)");
+    assert!(
+        held >= Duration::from_millis(1400),
+        "the open circuit did not hold: {held:?}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let subs = admin
+            .send(
+                "GET",
+                "/api/v1/subscribers",
+                &[("authorization", "Bearer admin-token")],
+                "",
+            )
+            .await;
+        if subs.body["subscribers"][0]["circuit"] == "closed"
+            && subs.body["subscribers"][0]["pending"] == 0
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the probe did not close the circuit: {:?}",
+            subs.body
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     gw.gateway.shutdown().await;
 }
 

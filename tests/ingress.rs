@@ -333,3 +333,36 @@ async fn generic_route_verifies_standard_webhooks_signatures() {
     assert_eq!(unsigned.status, StatusCode::UNAUTHORIZED);
     gw.gateway.shutdown().await;
 }
+
+#[tokio::test]
+async fn connections_beyond_max_connections_wait_for_a_slot() {
+    let sink = Sink::start().await;
+    let yaml = config(&sink, "").replace(
+        "header_read_timeout: 500ms",
+        "header_read_timeout: 30s\n  max_connections: 2",
+    );
+    let gw = TestGateway::start(&yaml, None).await;
+    // Two idle connections take both slots.
+    let mut idle = Vec::new();
+    for _ in 0..2 {
+        idle.push(tokio::net::TcpStream::connect(gw.ingress).await.unwrap());
+    }
+    // A third client is accepted by the kernel but not served yet.
+    let client = TestClient::plain(gw.ingress);
+    let mut waiting = tokio::spawn(async move {
+        client
+            .post("/hooks/muapi", TOKEN, &muapi_body("slot-1", "completed"))
+            .await
+    });
+    // A bounded negative check: no answer while both slots are taken.
+    let early = tokio::time::timeout(Duration::from_millis(300), &mut waiting).await;
+    assert!(early.is_err(), "served beyond max_connections");
+    // A slot frees up: the waiting request is served, nothing crashed.
+    drop(idle.pop());
+    let answer = tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .expect("served once a slot is free")
+        .unwrap();
+    assert_eq!(answer.status, StatusCode::OK);
+    gw.gateway.shutdown().await;
+}

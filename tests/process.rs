@@ -295,3 +295,122 @@ async fn restart_resumes_retries_at_their_persisted_due_times() {
         "fired late after restart: {gap:?}"
     );
 }
+
+#[tokio::test]
+async fn a_second_process_on_the_same_store_is_refused_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new();
+    let config = write_config(
+        dir.path(),
+        &pki,
+        "      - name: app\n        url: http://127.0.0.1:9/x\n",
+        "    jitter: 0.0\n",
+    );
+    let _first = spawn(&config).await;
+    let second = tokio::time::timeout(
+        Duration::from_secs(20),
+        Command::new(BIN)
+            .args(["run", "--config"])
+            .arg(&config)
+            .output(),
+    )
+    .await
+    .expect("the second process exits")
+    .unwrap();
+    assert_eq!(second.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(
+        stderr.contains("in use by another hookrelay process"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn a_full_disk_answers_503_with_retry_after_and_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new();
+    let sink = Sink::start().await;
+    let config = write_config(
+        dir.path(),
+        &pki,
+        &format!("      - name: app\n        url: {}\n", sink.url("/x")),
+        "    jitter: 0.0\n",
+    );
+    // The store file may not grow past ~4 MB: writes beyond fail like a full
+    // disk (SIGXFSZ ignored, so the write returns EFBIG instead of killing).
+    let mut command = Command::new("bash");
+    command.arg("-c").arg(format!(
+        "trap '' XFSZ; ulimit -S -f 4096; exec {BIN} run --config {}",
+        config.display()
+    ));
+    let running = spawn_command(command).await;
+    let client = TestClient::tls(&pki, running.ingress, Proto::Http1);
+    let pad = "x".repeat(200_000);
+    let body = |i: usize| {
+        serde_json::json!({"id": format!("disk-{i}"), "status": "completed", "pad": pad})
+            .to_string()
+    };
+    let mut accepted = HashSet::new();
+    let mut refused = None;
+    for i in 0..100 {
+        let answer = client.post("/hooks/muapi", TOKEN, &body(i)).await;
+        match answer.status {
+            StatusCode::OK => {
+                accepted.insert(answer.body["event_id"].as_str().unwrap().to_string());
+            }
+            StatusCode::SERVICE_UNAVAILABLE => {
+                assert_eq!(answer.headers["retry-after"], "5");
+                assert!(answer.body["error"]
+                    .as_str()
+                    .unwrap()
+                    .contains("retry later"));
+                refused = Some(i);
+                break;
+            }
+            other => panic!("unexpected {other}"),
+        }
+    }
+    let refused = refused.expect("the store never filled up");
+    println!(
+        "{} callbacks accepted before the disk filled; #{refused} got 503",
+        accepted.len()
+    );
+    // Space comes back; the sender's retry of the refused callback is accepted.
+    let pid = running.child.id().unwrap().to_string();
+    let status = std::process::Command::new("prlimit")
+        .args(["--pid", &pid, "--fsize=unlimited"])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let answer = client.post("/hooks/muapi", TOKEN, &body(refused)).await;
+        if answer.status == StatusCode::OK {
+            assert_eq!(
+                answer.body["status"], "accepted",
+                "a refused callback was not stored"
+            );
+            accepted.insert(answer.body["event_id"].as_str().unwrap().to_string());
+            break;
+        }
+        assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(Instant::now() < deadline, "the store never recovered");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let got: HashSet<String> = sink
+            .received()
+            .iter()
+            .map(|r| r.headers["webhook-id"].to_str().unwrap().to_string())
+            .collect();
+        if accepted.iter().all(|id| got.contains(id)) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "accepted callbacks were not all delivered"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -19,7 +19,7 @@
 //! - `received`: (received ms, event id) for every event
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -74,9 +74,68 @@ struct Request {
     reply: oneshot::Sender<Result<Done, StoreError>>,
 }
 
+/// The open database, shared by the writer and readers. After an I/O
+/// error redb refuses further work until the file is closed and opened
+/// again; the writer does that here (readers hold their clone only for the
+/// length of one read transaction).
+struct Handle {
+    path: PathBuf,
+    current: RwLock<Option<Arc<Database>>>,
+}
+
+impl Handle {
+    fn get(&self) -> Result<Arc<Database>, StoreError> {
+        self.current
+            .read()
+            .expect("store handle lock")
+            .clone()
+            .ok_or_else(|| {
+                StoreError::Unavailable("the store is being reopened after an I/O error".into())
+            })
+    }
+
+    /// Closes the database and opens it again (redb repairs it if needed).
+    fn reopen(&self) -> Result<(), StoreError> {
+        let old = self.current.write().expect("store handle lock").take();
+        if let Some(old) = old {
+            // Wait (briefly) for in-progress reads to drop their clones so the
+            // file lock is released.
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Arc::strong_count(&old) > 1 && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            drop(old);
+        }
+        let db = open_database(&self.path)?;
+        *self.current.write().expect("store handle lock") = Some(Arc::new(db));
+        tracing::warn!(path = %self.path.display(), "store reopened after an error");
+        Ok(())
+    }
+}
+
+fn open_database(path: &Path) -> Result<Database, StoreError> {
+    let db = match Database::create(path) {
+        Ok(db) => db,
+        Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
+            return Err(StoreError::Locked(path.display().to_string()))
+        }
+        Err(e) => return Err(StoreError::Backend(format!("{}: {e}", path.display()))),
+    };
+    // Create every table up front so readers never meet a missing one.
+    let txn = db.begin_write().map_err(backend)?;
+    for def in [EVENTS, BODIES, DELIVERIES] {
+        txn.open_table(def).map_err(backend)?;
+    }
+    for def in [DUE, DEAD, DONE, RECEIVED] {
+        txn.open_table(def).map_err(backend)?;
+    }
+    txn.commit().map_err(backend)?;
+    Ok(db)
+}
+
 /// redb behind the [`Store`] trait, with a group-commit writer thread.
 pub struct EmbeddedStore {
-    db: Arc<Database>,
+    db: Arc<Handle>,
     writer: mpsc::Sender<Request>,
     path: PathBuf,
 }
@@ -105,25 +164,10 @@ impl EmbeddedStore {
             ))
         })?;
         let path = dir.join(FILE_NAME);
-        let db = match Database::create(&path) {
-            Ok(db) => db,
-            Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
-                return Err(StoreError::Locked(path.display().to_string()))
-            }
-            Err(e) => return Err(StoreError::Backend(format!("{}: {e}", path.display()))),
-        };
-        let db = Arc::new(db);
-        {
-            // Create every table up front so readers never meet a missing one.
-            let txn = db.begin_write().map_err(backend)?;
-            for def in [EVENTS, BODIES, DELIVERIES] {
-                txn.open_table(def).map_err(backend)?;
-            }
-            for def in [DUE, DEAD, DONE, RECEIVED] {
-                txn.open_table(def).map_err(backend)?;
-            }
-            txn.commit().map_err(backend)?;
-        }
+        let db = Arc::new(Handle {
+            current: RwLock::new(Some(Arc::new(open_database(&path)?))),
+            path: path.clone(),
+        });
         let (tx, rx) = mpsc::channel(max_batch.max(64) * 4);
         let writer_db = db.clone();
         std::thread::Builder::new()
@@ -168,7 +212,7 @@ impl EmbeddedStore {
     ) -> Result<T, StoreError> {
         let db = self.db.clone();
         tokio::task::spawn_blocking(move || {
-            let txn = db.begin_read().map_err(backend)?;
+            let txn = db.get()?.begin_read().map_err(backend)?;
             f(&txn)
         })
         .await
@@ -189,7 +233,7 @@ fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
 }
 
 fn writer_loop(
-    db: Arc<Database>,
+    db: Arc<Handle>,
     mut rx: mpsc::Receiver<Request>,
     max_batch: usize,
     observer: Option<CommitObserver>,
@@ -205,7 +249,15 @@ fn writer_loop(
         }
         let started = Instant::now();
         let size = batch.len();
-        match apply_batch(&db, &mut batch) {
+        let applied = match db.get() {
+            Ok(database) => apply_batch(&database, &mut batch),
+            // A previous reopen failed: try again before giving up on this batch.
+            Err(_) => db.reopen().and_then(|_| {
+                let database = db.get()?;
+                apply_batch(&database, &mut batch)
+            }),
+        };
+        match applied {
             Ok(results) => {
                 if let Some(observe) = &observer {
                     observe(size, started.elapsed());
@@ -220,6 +272,10 @@ fn writer_loop(
                     let _ = request
                         .reply
                         .send(Err(StoreError::Unavailable(e.to_string())));
+                }
+                // redb refuses all work after an I/O error until reopened.
+                if let Err(e) = db.reopen() {
+                    tracing::error!(error = %e, "cannot reopen the store; will retry on the next write");
                 }
             }
         }

@@ -318,6 +318,7 @@ pub enum Reply {
 #[derive(Clone, Debug)]
 pub struct Received {
     pub at: Instant,
+    pub version: http::Version,
     pub headers: HeaderMap,
     pub body: Bytes,
 }
@@ -435,6 +436,7 @@ impl Sink {
 
 async fn sink_answer(state: Arc<SinkInner>, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let at = Instant::now();
+    let version = req.version();
     let headers = req.headers().clone();
     let body = req.into_body().collect().await.unwrap().to_bytes();
     let reply = state
@@ -443,11 +445,12 @@ async fn sink_answer(state: Arc<SinkInner>, req: Request<Incoming>) -> Response<
         .unwrap()
         .pop_front()
         .unwrap_or_else(|| state.default.lock().unwrap().clone());
-    state
-        .received
-        .lock()
-        .unwrap()
-        .push(Received { at, headers, body });
+    state.received.lock().unwrap().push(Received {
+        at,
+        version,
+        headers,
+        body,
+    });
     state.notify.notify_waiters();
     match reply {
         Reply::Status(code, headers) => {
@@ -566,10 +569,15 @@ impl Running {
 /// Starts `hookrelay run --config FILE` (JSON logs expected) and waits for
 /// its "hookrelay listening" line.
 pub async fn spawn(config: &Path) -> Running {
+    let mut command = tokio::process::Command::new(BIN);
+    command.args(["run", "--config"]).arg(config);
+    spawn_command(command).await
+}
+
+/// Starts a prepared command that execs `hookrelay run` (JSON logs).
+pub async fn spawn_command(mut command: tokio::process::Command) -> Running {
     use tokio::io::AsyncBufReadExt;
-    let mut child = tokio::process::Command::new(BIN)
-        .args(["run", "--config"])
-        .arg(config)
+    let mut child = command
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .kill_on_drop(true)
