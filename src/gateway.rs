@@ -25,7 +25,7 @@ use crate::ingress::tls::{self, TlsError};
 use crate::intake::idempotency::IdempotencyCache;
 use crate::intake::{digest_of, Intake};
 use crate::metrics::Metrics;
-use crate::store::embedded::EmbeddedStore;
+use crate::store::embedded::{EmbeddedOptions, EmbeddedStore};
 use crate::store::{now_ms, PrunePolicy, Store, StoreError};
 
 /// Why the gateway could not start.
@@ -97,8 +97,11 @@ impl Gateway {
         };
         let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(
             &config.store.path,
-            config.store.max_batch,
-            Some(observer),
+            EmbeddedOptions {
+                max_batch: config.store.max_batch,
+                cache_bytes: config.store.cache_bytes,
+                observer: Some(observer),
+            },
         )?);
         let tls = match &config.server.tls {
             Some(t) => Some(Arc::new(ArcSwap::new(tls::server_config(t)?))),

@@ -186,6 +186,9 @@ pub struct StoreConfig {
     /// Most records one group commit takes.
     #[serde(default = "d_commit_batch")]
     pub max_batch: usize,
+    /// Memory for the store's page cache, in bytes.
+    #[serde(default = "d_cache_bytes")]
+    pub cache_bytes: usize,
     /// Delivered events are kept this long after delivery (for lookups and
     /// duplicates) before the pruner removes them; at least the idempotency TTL applies.
     #[serde(default = "d_retention", deserialize_with = "duration::deserialize")]
@@ -197,6 +200,7 @@ impl Default for StoreConfig {
         Self {
             path: d_store_path(),
             max_batch: d_commit_batch(),
+            cache_bytes: d_cache_bytes(),
             retention: d_retention(),
         }
     }
@@ -499,6 +503,9 @@ fn d_store_path() -> PathBuf {
 }
 fn d_commit_batch() -> usize {
     1024
+}
+fn d_cache_bytes() -> usize {
+    16 * 1024 * 1024
 }
 fn d_retention() -> Duration {
     Duration::from_secs(72 * 3600)

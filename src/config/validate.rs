@@ -96,6 +96,12 @@ impl Config {
         if self.store.max_batch == 0 {
             p.push(Problem::new("store.max_batch", "must be positive"));
         }
+        if self.store.cache_bytes < 1024 * 1024 {
+            p.push(Problem::new(
+                "store.cache_bytes",
+                "must be at least 1048576 (1 MiB)",
+            ));
+        }
         let d = &self.defaults;
         if d.timeout.is_zero() {
             p.push(Problem::new("defaults.timeout", "must be positive"));

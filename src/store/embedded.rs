@@ -80,6 +80,7 @@ struct Request {
 /// length of one read transaction).
 struct Handle {
     path: PathBuf,
+    cache_bytes: usize,
     current: RwLock<Option<Arc<Database>>>,
 }
 
@@ -106,15 +107,18 @@ impl Handle {
             }
             drop(old);
         }
-        let db = open_database(&self.path)?;
+        let db = open_database(&self.path, self.cache_bytes)?;
         *self.current.write().expect("store handle lock") = Some(Arc::new(db));
         tracing::warn!(path = %self.path.display(), "store reopened after an error");
         Ok(())
     }
 }
 
-fn open_database(path: &Path) -> Result<Database, StoreError> {
-    let db = match Database::create(path) {
+fn open_database(path: &Path, cache_bytes: usize) -> Result<Database, StoreError> {
+    let db = match redb::Builder::new()
+        .set_cache_size(cache_bytes)
+        .create(path)
+    {
         Ok(db) => db,
         Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
             return Err(StoreError::Locked(path.display().to_string()))
@@ -148,15 +152,37 @@ impl std::fmt::Debug for EmbeddedStore {
     }
 }
 
+/// Settings of the embedded store.
+#[derive(Clone)]
+pub struct EmbeddedOptions {
+    /// Most requests one group commit takes.
+    pub max_batch: usize,
+    /// redb's page cache (reads and writes).
+    pub cache_bytes: usize,
+    /// Told about every commit (for metrics).
+    pub observer: Option<CommitObserver>,
+}
+
+impl Default for EmbeddedOptions {
+    fn default() -> Self {
+        Self {
+            max_batch: 1024,
+            cache_bytes: 16 * 1024 * 1024,
+            observer: None,
+        }
+    }
+}
+
 impl EmbeddedStore {
     /// Opens (or creates) the store under `dir` and starts its writer.
     ///
     /// Fails with [`StoreError::Locked`] if another process has it open.
-    pub fn open(
-        dir: &Path,
-        max_batch: usize,
-        observer: Option<CommitObserver>,
-    ) -> Result<Self, StoreError> {
+    pub fn open(dir: &Path, options: EmbeddedOptions) -> Result<Self, StoreError> {
+        let EmbeddedOptions {
+            max_batch,
+            cache_bytes,
+            observer,
+        } = options;
         std::fs::create_dir_all(dir).map_err(|e| {
             StoreError::Backend(format!(
                 "cannot create store directory {}: {e}",
@@ -165,8 +191,9 @@ impl EmbeddedStore {
         })?;
         let path = dir.join(FILE_NAME);
         let db = Arc::new(Handle {
-            current: RwLock::new(Some(Arc::new(open_database(&path)?))),
+            current: RwLock::new(Some(Arc::new(open_database(&path, cache_bytes)?))),
             path: path.clone(),
+            cache_bytes,
         });
         let (tx, rx) = mpsc::channel(max_batch.max(64) * 4);
         let writer_db = db.clone();
@@ -807,7 +834,7 @@ mod tests {
     async fn append_is_idempotent_and_survives_reopen() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let store = EmbeddedStore::open(dir.path(), 16, None).unwrap();
+            let store = EmbeddedStore::open(dir.path(), EmbeddedOptions::default()).unwrap();
             assert_eq!(
                 store.append(event("e1", &["a", "b"], 10)).await.unwrap(),
                 AppendOutcome::Accepted
@@ -819,7 +846,7 @@ mod tests {
         }
         // The writer thread exits when the channel closes; wait for the lock to go.
         let store = loop {
-            match EmbeddedStore::open(dir.path(), 16, None) {
+            match EmbeddedStore::open(dir.path(), EmbeddedOptions::default()) {
                 Ok(s) => break s,
                 Err(StoreError::Locked(_)) => tokio::task::yield_now().await,
                 Err(e) => panic!("{e}"),
@@ -840,8 +867,8 @@ mod tests {
     #[tokio::test]
     async fn second_open_is_refused_clearly() {
         let dir = tempfile::tempdir().unwrap();
-        let _first = EmbeddedStore::open(dir.path(), 16, None).unwrap();
-        let err = EmbeddedStore::open(dir.path(), 16, None).unwrap_err();
+        let _first = EmbeddedStore::open(dir.path(), EmbeddedOptions::default()).unwrap();
+        let err = EmbeddedStore::open(dir.path(), EmbeddedOptions::default()).unwrap_err();
         assert!(matches!(err, StoreError::Locked(_)));
         assert!(err
             .to_string()
@@ -851,7 +878,7 @@ mod tests {
     #[tokio::test]
     async fn dead_letters_replay_delete_and_prune() {
         let dir = tempfile::tempdir().unwrap();
-        let store = EmbeddedStore::open(dir.path(), 16, None).unwrap();
+        let store = EmbeddedStore::open(dir.path(), EmbeddedOptions::default()).unwrap();
         store.append(event("e1", &["a", "b"], 10)).await.unwrap();
         store
             .record_attempt(AttemptUpdate {
