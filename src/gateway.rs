@@ -245,13 +245,18 @@ impl Gateway {
         let supervisor_shutdown = shutdown.clone();
         let task = tokio::spawn(async move {
             supervisor_shutdown.cancelled().await;
+            // One grace period covers both draining requests and attempts.
+            let deadline = tokio::time::Instant::now() + grace;
             supervisor_shared.ready.store(false, Ordering::SeqCst);
             tracing::info!("shutting down: draining open requests");
             let _ = ingress_task.await;
             tracing::info!("ingress closed; letting attempts in flight finish");
             lanes_stop.cancel();
             attempts.close();
-            if tokio::time::timeout(grace, attempts.wait()).await.is_err() {
+            if tokio::time::timeout_at(deadline, attempts.wait())
+                .await
+                .is_err()
+            {
                 tracing::warn!(
                     "attempts still running after shutdown_grace; they stay pending in the store"
                 );

@@ -596,8 +596,15 @@ impl<'t> Tables<'t> {
             let Some(meta) = self.meta(&event_id)? else {
                 continue;
             };
-            if meta.open > 0 || meta.received_ms > cutoff {
-                // Reopened by a replay, or too young for its idempotency key.
+            if meta.open > 0 {
+                // A dead letter was replayed meanwhile: it is done again later.
+                continue;
+            }
+            if meta.received_ms > cutoff {
+                // Done early but still within its idempotency window: look again later.
+                self.done
+                    .insert((meta.received_ms, event_id.as_str()), ())
+                    .map_err(backend)?;
                 continue;
             }
             for subscriber in &meta.subscribers {
@@ -936,5 +943,31 @@ mod tests {
         assert!(!store.delete_dead("e1.b").await.unwrap());
         assert_eq!(store.prune(policy).await.unwrap(), 1);
         assert!(store.event("e1").await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn prune_waits_for_the_idempotency_window_of_young_events() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path(), EmbeddedOptions::default()).unwrap();
+        // No subscriber matched: done at once, at its receipt time.
+        store.append(event("young", &[], 1_000)).await.unwrap();
+        let early = PrunePolicy {
+            now_ms: 1_500,
+            keep_ms: 1_000,
+            max_events: 10,
+        };
+        assert_eq!(store.prune(early).await.unwrap(), 0);
+        assert!(store.event("young").await.unwrap().is_some());
+        let later = PrunePolicy {
+            now_ms: 2_500,
+            keep_ms: 1_000,
+            max_events: 10,
+        };
+        assert_eq!(store.prune(later).await.unwrap(), 1);
+        assert!(store.event("young").await.unwrap().is_none());
+        assert_eq!(
+            store.append(event("young", &[], 3_000)).await.unwrap(),
+            AppendOutcome::Accepted
+        );
     }
 }
