@@ -32,6 +32,8 @@ pub struct Job {
     pub delivery_id: String,
     /// The event.
     pub event_id: String,
+    /// The event's sequence number in the store.
+    pub seq: u64,
     /// Attempts made so far in this schedule.
     pub attempts: u32,
     /// Next attempt time, unix ms.
@@ -279,6 +281,8 @@ async fn attempt(
     });
     let update = AttemptUpdate {
         delivery_id: job.delivery_id.clone(),
+        seq: job.seq,
+        subscriber: subscriber.name.clone(),
         attempt: AttemptRecord {
             attempt: number,
             at_ms,

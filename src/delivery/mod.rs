@@ -180,6 +180,7 @@ impl Dispatcher {
     pub fn enqueue_new(
         &self,
         event_id: &str,
+        seq: u64,
         received_ms: u64,
         body: &Bytes,
         subscribers: &[Arc<Subscriber>],
@@ -188,6 +189,7 @@ impl Dispatcher {
             let job = Job {
                 delivery_id: DeliveryRecord::id_for(event_id, &subscriber.name),
                 event_id: event_id.to_string(),
+                seq,
                 attempts: 0,
                 due_ms: received_ms,
                 schedule_start_ms: received_ms,
@@ -204,6 +206,7 @@ impl Dispatcher {
         let job = Job {
             delivery_id: record.id.clone(),
             event_id: record.event_id.clone(),
+            seq: record.seq,
             attempts: record.attempts,
             due_ms: record.due_ms,
             schedule_start_ms: record.schedule_start_ms.max(record.received_ms),

@@ -136,9 +136,9 @@ impl Intake {
         let outcome = self.store.append(event).await?;
         guard.commit(received_ms);
         match outcome {
-            AppendOutcome::Accepted => {
+            AppendOutcome::Accepted { seq } => {
                 self.dispatcher
-                    .enqueue_new(&event_id, received_ms, &body, &subscribers);
+                    .enqueue_new(&event_id, seq, received_ms, &body, &subscribers);
                 Ok(Accepted {
                     event_id,
                     duplicate: false,

@@ -9,14 +9,21 @@
 //! callback. Reads use their own read transactions and never wait for the
 //! writer.
 //!
-//! Tables (keys sort, so the indexes below are ranges, not scans):
-//! - `events`: event id → [`EventMeta`] (JSON)
-//! - `bodies`: event id → raw body bytes
-//! - `deliveries`: delivery id → [`DeliveryRecord`] (JSON)
-//! - `due`: (due ms, delivery id) for pending deliveries
-//! - `dead`: (dead-at ms, delivery id) for dead letters
-//! - `done`: (done ms, event id) for events whose deliveries all succeeded
-//! - `received`: (received ms, event id) for every event
+//! Layout. Events are keyed by a sequence number in receipt order, so a
+//! commit appends to the right edge of its trees and dirties few pages (a
+//! copy-on-write B-tree rewrites every page it touches; random keys such as
+//! event ids would touch a different page per insert). Only `ids`, the
+//! idempotency index, takes random keys. Keys sort, so every index below is
+//! a range, never a scan:
+//! - `ids`: event id → (seq, received ms)
+//! - `events`: seq → [`EventMeta`] (JSON)
+//! - `bodies`: seq → raw body bytes
+//! - `open`: seq → deliveries not yet delivered
+//! - `deliveries`: (seq, subscriber) → [`DeliveryRecord`] (JSON)
+//! - `due`: (due ms, seq, subscriber) for pending deliveries
+//! - `dead`: (dead-at ms, seq, subscriber) for dead letters
+//! - `done`: (done ms, seq) for events whose deliveries all succeeded
+//! - `counters`: `next_seq`
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
@@ -32,13 +39,17 @@ use super::{
     NewEvent, Next, PrunePolicy, ReplaySelector, Store, StoreError, StoreStats, ATTEMPT_HISTORY,
 };
 
-const EVENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("events");
-const BODIES: TableDefinition<&str, &[u8]> = TableDefinition::new("bodies");
-const DELIVERIES: TableDefinition<&str, &[u8]> = TableDefinition::new("deliveries");
-const DUE: TableDefinition<(u64, &str), ()> = TableDefinition::new("due");
-const DEAD: TableDefinition<(u64, &str), ()> = TableDefinition::new("dead");
-const DONE: TableDefinition<(u64, &str), ()> = TableDefinition::new("done");
-const RECEIVED: TableDefinition<(u64, &str), ()> = TableDefinition::new("received");
+const IDS: TableDefinition<&str, (u64, u64)> = TableDefinition::new("ids");
+const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
+const BODIES: TableDefinition<u64, &[u8]> = TableDefinition::new("bodies");
+const OPEN: TableDefinition<u64, u32> = TableDefinition::new("open");
+const DELIVERIES: TableDefinition<(u64, &str), &[u8]> = TableDefinition::new("deliveries");
+const DUE: TableDefinition<(u64, u64, &str), ()> = TableDefinition::new("due");
+const DEAD: TableDefinition<(u64, u64, &str), ()> = TableDefinition::new("dead");
+const DONE: TableDefinition<(u64, u64), ()> = TableDefinition::new("done");
+const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
+/// The next event sequence number, kept so numbers are never reused after a prune.
+const NEXT_SEQ: &str = "next_seq";
 
 /// The store file's name inside `store.path`.
 pub const FILE_NAME: &str = "hookrelay.redb";
@@ -127,12 +138,15 @@ fn open_database(path: &Path, cache_bytes: usize) -> Result<Database, StoreError
     };
     // Create every table up front so readers never meet a missing one.
     let txn = db.begin_write().map_err(backend)?;
-    for def in [EVENTS, BODIES, DELIVERIES] {
-        txn.open_table(def).map_err(backend)?;
-    }
-    for def in [DUE, DEAD, DONE, RECEIVED] {
-        txn.open_table(def).map_err(backend)?;
-    }
+    txn.open_table(IDS).map_err(backend)?;
+    txn.open_table(EVENTS).map_err(backend)?;
+    txn.open_table(BODIES).map_err(backend)?;
+    txn.open_table(OPEN).map_err(backend)?;
+    txn.open_table(DELIVERIES).map_err(backend)?;
+    txn.open_table(DUE).map_err(backend)?;
+    txn.open_table(DEAD).map_err(backend)?;
+    txn.open_table(DONE).map_err(backend)?;
+    txn.open_table(COUNTERS).map_err(backend)?;
     txn.commit().map_err(backend)?;
     Ok(db)
 }
@@ -335,65 +349,113 @@ fn apply_batch(
                 other => results.push(other),
             }
         }
+        t.save_counters()?;
     }
     txn.commit().map_err(backend)?;
     Ok(results)
 }
 
+/// Splits a delivery id into event id and subscriber.
+fn split_id(id: &str) -> Option<(&str, &str)> {
+    id.split_once('.')
+}
+
 /// The open tables of one write transaction.
 struct Tables<'t> {
-    events: redb::Table<'t, &'static str, &'static [u8]>,
-    bodies: redb::Table<'t, &'static str, &'static [u8]>,
-    deliveries: redb::Table<'t, &'static str, &'static [u8]>,
-    due: redb::Table<'t, (u64, &'static str), ()>,
-    dead: redb::Table<'t, (u64, &'static str), ()>,
-    done: redb::Table<'t, (u64, &'static str), ()>,
-    received: redb::Table<'t, (u64, &'static str), ()>,
+    ids: redb::Table<'t, &'static str, (u64, u64)>,
+    events: redb::Table<'t, u64, &'static [u8]>,
+    bodies: redb::Table<'t, u64, &'static [u8]>,
+    open: redb::Table<'t, u64, u32>,
+    deliveries: redb::Table<'t, (u64, &'static str), &'static [u8]>,
+    due: redb::Table<'t, (u64, u64, &'static str), ()>,
+    dead: redb::Table<'t, (u64, u64, &'static str), ()>,
+    done: redb::Table<'t, (u64, u64), ()>,
+    counters: redb::Table<'t, &'static str, u64>,
+    /// The next event's sequence number.
+    next_seq: u64,
+    /// `next_seq` when the transaction began (saved only if it moved).
+    first_seq: u64,
 }
 
 impl<'t> Tables<'t> {
     fn open(txn: &'t redb::WriteTransaction) -> Result<Self, StoreError> {
+        let events = txn.open_table(EVENTS).map_err(backend)?;
+        let counters = txn.open_table(COUNTERS).map_err(backend)?;
+        let stored = counters.get(NEXT_SEQ).map_err(backend)?.map(|v| v.value());
+        let after_last = match events.last().map_err(backend)? {
+            Some((seq, _)) => seq.value() + 1,
+            None => 1,
+        };
+        let next_seq = stored.unwrap_or(1).max(after_last);
         Ok(Self {
-            events: txn.open_table(EVENTS).map_err(backend)?,
+            counters,
+            first_seq: next_seq,
+            ids: txn.open_table(IDS).map_err(backend)?,
+            events,
             bodies: txn.open_table(BODIES).map_err(backend)?,
+            open: txn.open_table(OPEN).map_err(backend)?,
             deliveries: txn.open_table(DELIVERIES).map_err(backend)?,
             due: txn.open_table(DUE).map_err(backend)?,
             dead: txn.open_table(DEAD).map_err(backend)?,
             done: txn.open_table(DONE).map_err(backend)?,
-            received: txn.open_table(RECEIVED).map_err(backend)?,
+            next_seq,
         })
     }
 
-    fn delivery(&self, id: &str) -> Result<Option<DeliveryRecord>, StoreError> {
-        match self.deliveries.get(id).map_err(backend)? {
+    fn seq_of(&self, event_id: &str) -> Result<Option<u64>, StoreError> {
+        Ok(self
+            .ids
+            .get(event_id)
+            .map_err(backend)?
+            .map(|v| v.value().0))
+    }
+
+    /// Persists the sequence counter if this transaction used numbers.
+    fn save_counters(&mut self) -> Result<(), StoreError> {
+        if self.next_seq != self.first_seq {
+            self.counters
+                .insert(NEXT_SEQ, self.next_seq)
+                .map_err(backend)?;
+        }
+        Ok(())
+    }
+
+    fn delivery(&self, seq: u64, subscriber: &str) -> Result<Option<DeliveryRecord>, StoreError> {
+        match self.deliveries.get((seq, subscriber)).map_err(backend)? {
             Some(bytes) => decode(bytes.value()).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// The delivery with this id (`{event_id}.{subscriber}`), if any.
+    fn delivery_by_id(&self, id: &str) -> Result<Option<DeliveryRecord>, StoreError> {
+        let Some((event_id, subscriber)) = split_id(id) else {
+            return Ok(None);
+        };
+        match self.seq_of(event_id)? {
+            Some(seq) => self.delivery(seq, subscriber),
             None => Ok(None),
         }
     }
 
     fn put_delivery(&mut self, record: &DeliveryRecord) -> Result<(), StoreError> {
         self.deliveries
-            .insert(record.id.as_str(), encode(record).as_slice())
+            .insert(
+                (record.seq, record.subscriber.as_str()),
+                encode(record).as_slice(),
+            )
             .map_err(backend)?;
         Ok(())
     }
 
-    fn meta(&self, event_id: &str) -> Result<Option<EventMeta>, StoreError> {
-        match self.events.get(event_id).map_err(backend)? {
-            Some(bytes) => decode(bytes.value()).map(Some),
-            None => Ok(None),
-        }
-    }
-
     /// One fewer open delivery for the event; marks it done at zero.
-    fn close_one(&mut self, event_id: &str, now_ms: u64) -> Result<(), StoreError> {
-        if let Some(mut meta) = self.meta(event_id)? {
-            meta.open = meta.open.saturating_sub(1);
-            self.events
-                .insert(event_id, encode(&meta).as_slice())
-                .map_err(backend)?;
-            if meta.open == 0 {
-                self.done.insert((now_ms, event_id), ()).map_err(backend)?;
+    fn close_one(&mut self, seq: u64, now_ms: u64) -> Result<(), StoreError> {
+        let open = self.open.get(seq).map_err(backend)?.map(|v| v.value());
+        if let Some(open) = open {
+            let left = open.saturating_sub(1);
+            self.open.insert(seq, left).map_err(backend)?;
+            if left == 0 {
+                self.done.insert((now_ms, seq), ()).map_err(backend)?;
             }
         }
         Ok(())
@@ -401,9 +463,11 @@ impl<'t> Tables<'t> {
 
     fn append(&mut self, event: &NewEvent) -> Result<AppendOutcome, StoreError> {
         let id = event.event_id.as_str();
-        if self.events.get(id).map_err(backend)?.is_some() {
+        if self.ids.get(id).map_err(backend)?.is_some() {
             return Ok(AppendOutcome::Duplicate);
         }
+        let seq = self.next_seq;
+        self.next_seq += 1;
         let meta = EventMeta {
             event_id: event.event_id.clone(),
             route: event.route.to_string(),
@@ -413,16 +477,20 @@ impl<'t> Tables<'t> {
             open: event.subscribers.len() as u32,
             body_len: event.body.len() as u64,
         };
-        self.events
-            .insert(id, encode(&meta).as_slice())
+        self.ids
+            .insert(id, (seq, event.received_ms))
             .map_err(backend)?;
-        self.bodies.insert(id, &event.body[..]).map_err(backend)?;
-        self.received
-            .insert((event.received_ms, id), ())
+        self.events
+            .insert(seq, encode(&meta).as_slice())
+            .map_err(backend)?;
+        self.bodies.insert(seq, &event.body[..]).map_err(backend)?;
+        self.open
+            .insert(seq, event.subscribers.len() as u32)
             .map_err(backend)?;
         for subscriber in &event.subscribers {
             let record = DeliveryRecord {
                 id: DeliveryRecord::id_for(id, subscriber),
+                seq,
                 event_id: event.event_id.clone(),
                 route: event.route.to_string(),
                 subscriber: subscriber.to_string(),
@@ -437,27 +505,28 @@ impl<'t> Tables<'t> {
             };
             self.put_delivery(&record)?;
             self.due
-                .insert((record.due_ms, record.id.as_str()), ())
+                .insert((record.due_ms, seq, &**subscriber), ())
                 .map_err(backend)?;
         }
         if event.subscribers.is_empty() {
             self.done
-                .insert((event.received_ms, id), ())
+                .insert((event.received_ms, seq), ())
                 .map_err(backend)?;
         }
-        Ok(AppendOutcome::Accepted)
+        Ok(AppendOutcome::Accepted { seq })
     }
 
     fn attempt(&mut self, update: &AttemptUpdate) -> Result<(), StoreError> {
-        let Some(mut record) = self.delivery(&update.delivery_id)? else {
+        let Some(mut record) = self.delivery(update.seq, &update.subscriber)? else {
             return Ok(());
         };
         if record.state != DeliveryState::Pending {
             // Killed or replayed meanwhile: the attempt's result is history only.
             return Ok(());
         }
+        let seq = record.seq;
         self.due
-            .remove((record.due_ms, record.id.as_str()))
+            .remove((record.due_ms, seq, record.subscriber.as_str()))
             .map_err(backend)?;
         record.attempts = record.attempts.max(update.attempt.attempt);
         record.history.push(update.attempt.clone());
@@ -471,18 +540,18 @@ impl<'t> Tables<'t> {
             Next::Retry { due_ms } => {
                 record.due_ms = *due_ms;
                 self.due
-                    .insert((record.due_ms, record.id.as_str()), ())
+                    .insert((record.due_ms, seq, record.subscriber.as_str()), ())
                     .map_err(backend)?;
             }
             Next::Delivered => {
                 record.state = DeliveryState::Delivered;
-                self.close_one(&record.event_id, now)?;
+                self.close_one(seq, now)?;
             }
             Next::Dead { reason } => {
                 record.state = DeliveryState::Dead;
                 record.dead_reason = Some(reason.clone());
                 self.dead
-                    .insert((now, record.id.as_str()), ())
+                    .insert((now, seq, record.subscriber.as_str()), ())
                     .map_err(backend)?;
             }
         }
@@ -494,32 +563,41 @@ impl<'t> Tables<'t> {
         selector: &ReplaySelector,
         now_ms: u64,
     ) -> Result<Vec<DeliveryRecord>, StoreError> {
-        let ids: Vec<String> = match selector {
-            ReplaySelector::Ids(ids) => ids.clone(),
+        let mut records = Vec::new();
+        match selector {
+            ReplaySelector::Ids(ids) => {
+                for id in ids {
+                    if let Some(record) = self.delivery_by_id(id)? {
+                        records.push(record);
+                    }
+                }
+            }
             ReplaySelector::Subscriber { route, subscriber } => {
-                let mut ids = Vec::new();
+                let mut keys = Vec::new();
                 for entry in self.dead.iter().map_err(backend)? {
                     let (key, _) = entry.map_err(backend)?;
-                    let id = key.value().1.to_string();
-                    if let Some(record) = self.delivery(&id)? {
-                        if &record.route == route && &record.subscriber == subscriber {
-                            ids.push(id);
+                    let (_, seq, sub) = key.value();
+                    if sub == subscriber {
+                        keys.push(seq);
+                    }
+                }
+                for seq in keys {
+                    if let Some(record) = self.delivery(seq, subscriber)? {
+                        if &record.route == route {
+                            records.push(record);
                         }
                     }
                 }
-                ids
             }
-        };
+        }
         let mut requeued = Vec::new();
-        for id in ids {
-            let Some(mut record) = self.delivery(&id)? else {
-                continue;
-            };
+        for mut record in records {
             if record.state != DeliveryState::Dead {
                 continue;
             }
+            let seq = record.seq;
             self.dead
-                .remove((record.updated_ms, record.id.as_str()))
+                .remove((record.updated_ms, seq, record.subscriber.as_str()))
                 .map_err(backend)?;
             record.state = DeliveryState::Pending;
             record.attempts = 0;
@@ -528,7 +606,7 @@ impl<'t> Tables<'t> {
             record.schedule_start_ms = now_ms;
             record.updated_ms = now_ms;
             self.due
-                .insert((record.due_ms, record.id.as_str()), ())
+                .insert((record.due_ms, seq, record.subscriber.as_str()), ())
                 .map_err(backend)?;
             self.put_delivery(&record)?;
             requeued.push(record);
@@ -537,34 +615,36 @@ impl<'t> Tables<'t> {
     }
 
     fn kill(&mut self, id: &str, reason: &str, now_ms: u64) -> Result<bool, StoreError> {
-        let Some(mut record) = self.delivery(id)? else {
+        let Some(mut record) = self.delivery_by_id(id)? else {
             return Ok(false);
         };
         if record.state != DeliveryState::Pending {
             return Ok(false);
         }
+        let seq = record.seq;
         self.due
-            .remove((record.due_ms, record.id.as_str()))
+            .remove((record.due_ms, seq, record.subscriber.as_str()))
             .map_err(backend)?;
         record.state = DeliveryState::Dead;
         record.dead_reason = Some(reason.to_string());
         record.updated_ms = now_ms;
         self.dead
-            .insert((now_ms, record.id.as_str()), ())
+            .insert((now_ms, seq, record.subscriber.as_str()), ())
             .map_err(backend)?;
         self.put_delivery(&record)?;
         Ok(true)
     }
 
     fn delete_dead(&mut self, id: &str) -> Result<bool, StoreError> {
-        let Some(record) = self.delivery(id)? else {
+        let Some(record) = self.delivery_by_id(id)? else {
             return Ok(false);
         };
         if record.state != DeliveryState::Dead {
             return Ok(false);
         }
+        let seq = record.seq;
         self.dead
-            .remove((record.updated_ms, record.id.as_str()))
+            .remove((record.updated_ms, seq, record.subscriber.as_str()))
             .map_err(backend)?;
         // The delivery stays as a closed record so the event's history is
         // complete; it no longer holds the event open.
@@ -575,58 +655,77 @@ impl<'t> Tables<'t> {
             record.dead_reason.as_deref().unwrap_or("")
         ));
         self.put_delivery(&closed)?;
-        self.close_one(&record.event_id, record.updated_ms)?;
+        self.close_one(seq, record.updated_ms)?;
         Ok(true)
     }
 
     fn prune(&mut self, policy: PrunePolicy) -> Result<usize, StoreError> {
         let cutoff = policy.now_ms.saturating_sub(policy.keep_ms);
         let mut victims = Vec::new();
-        for entry in self.done.range(..(cutoff, "")).map_err(backend)? {
+        for entry in self.done.range(..(cutoff, 0)).map_err(backend)? {
             let (key, _) = entry.map_err(backend)?;
-            let (at, id) = key.value();
-            victims.push((at, id.to_string()));
+            victims.push(key.value());
             if victims.len() >= policy.max_events {
                 break;
             }
         }
         let mut removed = 0;
-        for (at, event_id) in victims {
-            self.done.remove((at, event_id.as_str())).map_err(backend)?;
-            let Some(meta) = self.meta(&event_id)? else {
-                continue;
-            };
-            if meta.open > 0 {
+        for (at, seq) in victims {
+            self.done.remove((at, seq)).map_err(backend)?;
+            if self.open.get(seq).map_err(backend)?.map(|v| v.value()) != Some(0) {
                 // A dead letter was replayed meanwhile: it is done again later.
                 continue;
             }
+            let meta: EventMeta = match self.events.get(seq).map_err(backend)? {
+                Some(bytes) => decode(bytes.value())?,
+                None => continue,
+            };
             if meta.received_ms > cutoff {
                 // Done early but still within its idempotency window: look again later.
                 self.done
-                    .insert((meta.received_ms, event_id.as_str()), ())
+                    .insert((meta.received_ms, seq), ())
                     .map_err(backend)?;
                 continue;
             }
             for subscriber in &meta.subscribers {
-                let id = DeliveryRecord::id_for(&event_id, subscriber);
-                self.deliveries.remove(id.as_str()).map_err(backend)?;
+                self.deliveries
+                    .remove((seq, subscriber.as_str()))
+                    .map_err(backend)?;
             }
-            self.events.remove(event_id.as_str()).map_err(backend)?;
-            self.bodies.remove(event_id.as_str()).map_err(backend)?;
-            self.received
-                .remove((meta.received_ms, event_id.as_str()))
-                .map_err(backend)?;
+            self.events.remove(seq).map_err(backend)?;
+            self.bodies.remove(seq).map_err(backend)?;
+            self.open.remove(seq).map_err(backend)?;
+            self.ids.remove(meta.event_id.as_str()).map_err(backend)?;
             removed += 1;
         }
         Ok(removed)
     }
 }
 
+/// Read-side helpers over one read transaction.
+struct Reader<'a> {
+    txn: &'a redb::ReadTransaction,
+}
+
+impl Reader<'_> {
+    fn seq_of(&self, event_id: &str) -> Result<Option<u64>, StoreError> {
+        let ids = self.txn.open_table(IDS).map_err(backend)?;
+        Ok(ids.get(event_id).map_err(backend)?.map(|v| v.value().0))
+    }
+
+    fn deliveries(
+        &self,
+    ) -> Result<redb::ReadOnlyTable<(u64, &'static str), &'static [u8]>, StoreError> {
+        self.txn.open_table(DELIVERIES).map_err(backend)
+    }
+}
+
 fn read_delivery(
-    table: &redb::ReadOnlyTable<&'static str, &'static [u8]>,
-    id: &str,
+    table: &redb::ReadOnlyTable<(u64, &'static str), &'static [u8]>,
+    seq: u64,
+    subscriber: &str,
 ) -> Result<Option<DeliveryRecord>, StoreError> {
-    match table.get(id).map_err(backend)? {
+    match table.get((seq, subscriber)).map_err(backend)? {
         Some(bytes) => decode(bytes.value()).map(Some),
         None => Ok(None),
     }
@@ -648,11 +747,12 @@ impl Store for EmbeddedStore {
     async fn pending(&self) -> Result<Vec<DeliveryRecord>, StoreError> {
         self.read(|txn| {
             let due = txn.open_table(DUE).map_err(backend)?;
-            let deliveries = txn.open_table(DELIVERIES).map_err(backend)?;
+            let deliveries = Reader { txn }.deliveries()?;
             let mut out = Vec::new();
             for entry in due.iter().map_err(backend)? {
                 let (key, _) = entry.map_err(backend)?;
-                if let Some(record) = read_delivery(&deliveries, key.value().1)? {
+                let (_, seq, subscriber) = key.value();
+                if let Some(record) = read_delivery(&deliveries, seq, subscriber)? {
                     out.push(record);
                 }
             }
@@ -664,9 +764,12 @@ impl Store for EmbeddedStore {
     async fn body(&self, event_id: &str) -> Result<Option<Bytes>, StoreError> {
         let id = event_id.to_string();
         self.read(move |txn| {
+            let Some(seq) = (Reader { txn }).seq_of(&id)? else {
+                return Ok(None);
+            };
             let bodies = txn.open_table(BODIES).map_err(backend)?;
             Ok(bodies
-                .get(id.as_str())
+                .get(seq)
                 .map_err(backend)?
                 .map(|b| Bytes::copy_from_slice(b.value())))
         })
@@ -679,17 +782,21 @@ impl Store for EmbeddedStore {
     ) -> Result<Option<(EventMeta, Vec<DeliveryRecord>)>, StoreError> {
         let id = event_id.to_string();
         self.read(move |txn| {
-            let events = txn.open_table(EVENTS).map_err(backend)?;
-            let deliveries = txn.open_table(DELIVERIES).map_err(backend)?;
-            let Some(meta) = events.get(id.as_str()).map_err(backend)? else {
+            let reader = Reader { txn };
+            let Some(seq) = reader.seq_of(&id)? else {
                 return Ok(None);
             };
-            let meta: EventMeta = decode(meta.value())?;
+            let events = txn.open_table(EVENTS).map_err(backend)?;
+            let Some(meta) = events.get(seq).map_err(backend)? else {
+                return Ok(None);
+            };
+            let mut meta: EventMeta = decode(meta.value())?;
+            let open = txn.open_table(OPEN).map_err(backend)?;
+            meta.open = open.get(seq).map_err(backend)?.map_or(0, |v| v.value());
+            let deliveries = reader.deliveries()?;
             let mut records = Vec::new();
             for subscriber in &meta.subscribers {
-                if let Some(r) =
-                    read_delivery(&deliveries, &DeliveryRecord::id_for(&id, subscriber))?
-                {
+                if let Some(r) = read_delivery(&deliveries, seq, subscriber)? {
                     records.push(r);
                 }
             }
@@ -704,22 +811,21 @@ impl Store for EmbeddedStore {
     ) -> Result<Vec<DeliveryRecord>, StoreError> {
         self.read(move |txn| {
             let dead = txn.open_table(DEAD).map_err(backend)?;
-            let deliveries = txn.open_table(DELIVERIES).map_err(backend)?;
+            let deliveries = Reader { txn }.deliveries()?;
             let mut out = Vec::new();
             for entry in dead.iter().map_err(backend)?.rev() {
                 if out.len() >= query.limit {
                     break;
                 }
                 let (key, _) = entry.map_err(backend)?;
-                let Some(record) = read_delivery(&deliveries, key.value().1)? else {
+                let (_, seq, subscriber) = key.value();
+                if query.subscriber.as_ref().is_some_and(|s| s != subscriber) {
+                    continue;
+                }
+                let Some(record) = read_delivery(&deliveries, seq, subscriber)? else {
                     continue;
                 };
-                if query.route.as_ref().is_some_and(|r| r != &record.route)
-                    || query
-                        .subscriber
-                        .as_ref()
-                        .is_some_and(|s| s != &record.subscriber)
-                {
+                if query.route.as_ref().is_some_and(|r| r != &record.route) {
                     continue;
                 }
                 out.push(record);
@@ -774,17 +880,20 @@ impl Store for EmbeddedStore {
         max: usize,
     ) -> Result<Vec<(String, u64)>, StoreError> {
         self.read(move |txn| {
-            let received = txn.open_table(RECEIVED).map_err(backend)?;
+            let ids = txn.open_table(IDS).map_err(backend)?;
             let mut out = Vec::new();
-            for entry in received.range((since_ms, "")..).map_err(backend)?.rev() {
-                if out.len() >= max {
-                    break;
+            for entry in ids.iter().map_err(backend)? {
+                let (key, value) = entry.map_err(backend)?;
+                let (_, received) = value.value();
+                if received >= since_ms {
+                    out.push((key.value().to_string(), received));
                 }
-                let (key, _) = entry.map_err(backend)?;
-                let (at, id) = key.value();
-                out.push((id.to_string(), at));
             }
-            out.reverse();
+            if out.len() > max {
+                out.sort_unstable_by_key(|(_, at)| std::cmp::Reverse(*at));
+                out.truncate(max);
+            }
+            out.sort_unstable_by_key(|(_, at)| *at);
             Ok(out)
         })
         .await
@@ -792,18 +901,19 @@ impl Store for EmbeddedStore {
 
     async fn stats(&self) -> Result<StoreStats, StoreError> {
         self.read(|txn| {
-            let events = txn.open_table(EVENTS).map_err(backend)?;
+            let ids = txn.open_table(IDS).map_err(backend)?;
             let dead = txn.open_table(DEAD).map_err(backend)?;
-            let deliveries = txn.open_table(DELIVERIES).map_err(backend)?;
+            let deliveries = Reader { txn }.deliveries()?;
             let mut per: std::collections::BTreeMap<(String, String), u64> = Default::default();
             for entry in dead.iter().map_err(backend)? {
                 let (key, _) = entry.map_err(backend)?;
-                if let Some(r) = read_delivery(&deliveries, key.value().1)? {
+                let (_, seq, subscriber) = key.value();
+                if let Some(r) = read_delivery(&deliveries, seq, subscriber)? {
                     *per.entry((r.route, r.subscriber)).or_default() += 1;
                 }
             }
             Ok(StoreStats {
-                events: events.len().map_err(backend)?,
+                events: ids.len().map_err(backend)?,
                 dead: per.into_iter().collect(),
             })
         })
@@ -844,7 +954,7 @@ mod tests {
             let store = EmbeddedStore::open(dir.path(), EmbeddedOptions::default()).unwrap();
             assert_eq!(
                 store.append(event("e1", &["a", "b"], 10)).await.unwrap(),
-                AppendOutcome::Accepted
+                AppendOutcome::Accepted { seq: 1 }
             );
             assert_eq!(
                 store.append(event("e1", &["a", "b"], 11)).await.unwrap(),
@@ -890,6 +1000,8 @@ mod tests {
         store
             .record_attempt(AttemptUpdate {
                 delivery_id: "e1.a".into(),
+                seq: 1,
+                subscriber: Arc::from("a"),
                 attempt: attempt(1, 200, 20),
                 next: Next::Delivered,
             })
@@ -898,6 +1010,8 @@ mod tests {
         store
             .record_attempt(AttemptUpdate {
                 delivery_id: "e1.b".into(),
+                seq: 1,
+                subscriber: Arc::from("b"),
                 attempt: attempt(1, 410, 20),
                 next: Next::Dead {
                     reason: "410 Gone".into(),
@@ -932,6 +1046,8 @@ mod tests {
         store
             .record_attempt(AttemptUpdate {
                 delivery_id: "e1.b".into(),
+                seq: 1,
+                subscriber: Arc::from("b"),
                 attempt: attempt(1, 500, 40),
                 next: Next::Dead {
                     reason: "max_elapsed".into(),
@@ -967,7 +1083,8 @@ mod tests {
         assert!(store.event("young").await.unwrap().is_none());
         assert_eq!(
             store.append(event("young", &[], 3_000)).await.unwrap(),
-            AppendOutcome::Accepted
+            AppendOutcome::Accepted { seq: 2 },
+            "sequence numbers are never reused"
         );
     }
 }

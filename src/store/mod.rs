@@ -54,8 +54,11 @@ pub struct NewEvent {
 /// What [`Store::append`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AppendOutcome {
-    /// Newly written, with its deliveries.
-    Accepted,
+    /// Newly written, with its deliveries, under this sequence number.
+    Accepted {
+        /// The store's key for the event (receipt order).
+        seq: u64,
+    },
     /// The event id was already stored; nothing written.
     Duplicate,
 }
@@ -97,6 +100,9 @@ pub const ATTEMPT_HISTORY: usize = 20;
 pub struct DeliveryRecord {
     /// `{event_id}.{subscriber}`: event ids contain no `.`.
     pub id: String,
+    /// The event's sequence number in the store (its internal key).
+    #[serde(default)]
+    pub seq: u64,
     /// The event delivered.
     pub event_id: String,
     /// Route name.
@@ -158,6 +164,10 @@ pub enum Next {
 pub struct AttemptUpdate {
     /// Delivery id.
     pub delivery_id: String,
+    /// The event's sequence number (so the update needs no id lookup).
+    pub seq: u64,
+    /// The subscriber.
+    pub subscriber: Arc<str>,
     /// The attempt.
     pub attempt: AttemptRecord,
     /// Its consequence.
