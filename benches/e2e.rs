@@ -42,6 +42,8 @@ struct Options {
     proto: Proto,
     keys: usize,
     smoke: bool,
+    /// Run only the scenarios whose name contains this (exploration).
+    only: Option<String>,
 }
 
 fn options() -> Options {
@@ -68,6 +70,7 @@ fn options() -> Options {
             .and_then(|v| v.parse().ok())
             .unwrap_or(if smoke { 10_000 } else { 1_000_000 }),
         smoke,
+        only: value("--only"),
     }
 }
 
@@ -678,13 +681,23 @@ fn main() {
     let result = runtime.block_on(async {
         let dir = tempfile::tempdir().unwrap();
         let pki = pki(dir.path());
-        let bare = bare(&opts, &pki).await;
-        let mut scenarios = Vec::new();
         let plan = [
             Scenario { name: "fanout_1", fanout: 1, black_hole: false },
             Scenario { name: "fanout_3", fanout: 3, black_hole: false },
             Scenario { name: "fanout_3_plus_black_hole", fanout: 3, black_hole: true },
         ];
+        if let Some(only) = &opts.only {
+            let mut out = Vec::new();
+            if "bare".contains(only.as_str()) {
+                out.push(bare(&opts, &pki).await);
+            }
+            for (i, s) in plan.iter().enumerate().filter(|(_, s)| s.name.contains(only.as_str())) {
+                out.push(scenario(&opts, &pki, s, 30 + i as u64, None).await);
+            }
+            return json!({ "only": only, "scenarios": out });
+        }
+        let bare = bare(&opts, &pki).await;
+        let mut scenarios = Vec::new();
         for (i, s) in plan.iter().enumerate() {
             scenarios.push(scenario(&opts, &pki, s, 10 + i as u64, None).await);
         }

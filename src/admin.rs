@@ -178,17 +178,7 @@ async fn api(
         }
         (_, ["dead-letters", _]) => Err(ApiError::MethodNotAllowed("DELETE")),
         (Method::POST, ["reload"]) => {
-            let Some(path) = shared.runtime.load().config.source.clone() else {
-                return Err(ApiError::BadRequest(
-                    "this gateway was not started from a config file".into(),
-                ));
-            };
-            let config =
-                crate::config::Config::load(&path).map_err(|e| ApiError::Reload(e.problems()))?;
-            shared
-                .reload(config)
-                .await
-                .map_err(|p| ApiError::Reload(p.iter().map(|p| p.to_string()).collect()))?;
+            shared.reload_from_file().await.map_err(ApiError::Reload)?;
             Ok(json(
                 StatusCode::OK,
                 &serde_json::json!({ "status": "reloaded" }),

@@ -88,6 +88,7 @@ impl Gateway {
     pub async fn start(config: Config) -> Result<Gateway, GatewayError> {
         let runtime = config.compile().map_err(GatewayError::Config)?;
         let metrics = Arc::new(Metrics::new());
+        metrics.prime(&runtime);
         let observer = {
             let metrics = metrics.clone();
             Arc::new(move |size: usize, took: Duration| {
@@ -306,17 +307,45 @@ impl Shared {
     pub async fn reload(&self, config: Config) -> Result<(), Vec<Problem>> {
         let _one_at_a_time = self.reload_lock.lock().await;
         let result = self.try_reload(config).await;
-        let label = if result.is_ok() { "ok" } else { "error" };
-        self.metrics.reloads.with_label_values(&[label]).inc();
-        match &result {
-            Ok(()) => tracing::info!("config reloaded"),
-            Err(problems) => {
-                for p in problems {
-                    tracing::error!(problem = %p, "config reload refused; the old config stays");
-                }
+        let problems: Vec<String> = match &result {
+            Ok(()) => Vec::new(),
+            Err(problems) => problems.iter().map(|p| p.to_string()).collect(),
+        };
+        self.record_reload(&problems);
+        result
+    }
+
+    /// Re-reads the file the running config came from and applies it
+    /// (SIGHUP and `POST /api/v1/reload`). Every refusal is logged and
+    /// counted, whether the file does not load or the config does not apply.
+    pub async fn reload_from_file(&self) -> Result<(), Vec<String>> {
+        let Some(path) = self.runtime.load().config.source.clone() else {
+            return Err(vec![
+                "this gateway was not started from a config file".into()
+            ]);
+        };
+        match Config::load(&path) {
+            Ok(config) => self
+                .reload(config)
+                .await
+                .map_err(|problems| problems.iter().map(|p| p.to_string()).collect()),
+            Err(e) => {
+                let problems = e.problems();
+                self.record_reload(&problems);
+                Err(problems)
             }
         }
-        result
+    }
+
+    fn record_reload(&self, problems: &[String]) {
+        let label = if problems.is_empty() { "ok" } else { "error" };
+        self.metrics.reloads.with_label_values(&[label]).inc();
+        if problems.is_empty() {
+            tracing::info!("config reloaded");
+        }
+        for problem in problems {
+            tracing::error!(%problem, "config reload refused; the old config stays");
+        }
     }
 
     async fn try_reload(&self, config: Config) -> Result<(), Vec<Problem>> {
@@ -357,6 +386,7 @@ impl Shared {
             shared.store(new);
         }
         let runtime = Arc::new(runtime);
+        self.metrics.prime(&runtime);
         self.runtime.store(runtime.clone());
         let removed = self.dispatcher.sync(&runtime);
         if !removed.is_empty() {

@@ -159,7 +159,6 @@ fn init_logging(config: &Config) {
 }
 
 async fn run(config: Config) -> anyhow::Result<()> {
-    let source = config.source.clone();
     let gateway = Gateway::start(config).await?;
     let shutdown = gateway.shutdown_token();
     let shared = gateway.shared.clone();
@@ -173,16 +172,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
                 _ = term.recv() => break,
                 _ = int.recv() => break,
                 _ = hup.recv() => {
-                    let Some(path) = &source else { continue };
-                    match Config::load(path) {
-                        Ok(config) => { let _ = shared.reload(config).await; }
-                        Err(e) => {
-                            shared.metrics.reloads.with_label_values(&["error"]).inc();
-                            for problem in e.problems() {
-                                tracing::error!(%problem, "config reload refused; the old config stays");
-                            }
-                        }
-                    }
+                    let _ = shared.reload_from_file().await;
                 }
             }
         }

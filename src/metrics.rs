@@ -171,6 +171,42 @@ impl Metrics {
         }
     }
 
+    /// Creates every labelled series of the config at zero, so alerts and
+    /// dashboards see a series before its first increment.
+    pub fn prime(&self, runtime: &crate::config::Runtime) {
+        for result in ["ok", "error"] {
+            self.reloads.with_label_values(&[result]);
+        }
+        for route in runtime.routes.values() {
+            for outcome in [
+                "accepted",
+                "duplicate",
+                "unauthorized",
+                "forbidden",
+                "invalid",
+                "too_large",
+                "unavailable",
+            ] {
+                self.ingress_requests
+                    .with_label_values(&[&route.name, outcome]);
+            }
+            for subscriber in &route.subscribers {
+                let labels = [&*route.name, &*subscriber.name];
+                for outcome in ["delivered", "dead"] {
+                    self.deliveries
+                        .with_label_values(&[labels[0], labels[1], outcome]);
+                }
+                for result in ["2xx", "4xx", "5xx", "timeout", "connect_error"] {
+                    self.attempts
+                        .with_label_values(&[labels[0], labels[1], result]);
+                }
+                self.pending.with_label_values(&labels);
+                self.dead_letters.with_label_values(&labels);
+                self.circuit_open.with_label_values(&labels);
+            }
+        }
+    }
+
     /// The whole page in Prometheus text format.
     pub fn render(&self) -> String {
         let mut out = Vec::new();

@@ -821,3 +821,74 @@ async fn dead_letters_cli_lists_and_replays_through_the_admin_api() {
     dying.wait_for(2, Duration::from_secs(10)).await;
     gw.gateway.shutdown().await;
 }
+
+#[tokio::test]
+async fn api_reload_applies_a_good_file_and_counts_a_refused_one() {
+    let app = Sink::start().await;
+    let dying = Sink::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("hookrelay.yaml");
+    let text = config(&app, &dying, true)
+        .replace("{store}", &dir.path().join("data").display().to_string())
+        .replace("{tls}\n", "");
+    std::fs::write(&path, &text).unwrap();
+    let gateway = hookrelay::Gateway::start(hookrelay::Config::load(&path).unwrap())
+        .await
+        .unwrap();
+    let admin = TestClient::plain(gateway.admin_addr);
+    let client = TestClient::plain(gateway.ingress_addr);
+    // Series exist at zero before anything happened.
+    let (_, m) = scrape(&admin).await;
+    assert_eq!(
+        sample(&m, "hookrelay_config_reloads_total", &[("result", "error")]),
+        0.0
+    );
+    assert_eq!(
+        sample(
+            &m,
+            "hookrelay_ingress_requests_total",
+            &[("route", "muapi"), ("outcome", "unavailable")]
+        ),
+        0.0
+    );
+    std::fs::write(&path, text.replace(TOKEN, "rotated-token-1234")).unwrap();
+    let ok = admin
+        .send("POST", "/api/v1/reload", &[("authorization", ADMIN)], "")
+        .await;
+    assert_eq!(ok.status, StatusCode::OK, "{:?}", ok.body);
+    let rotated = client
+        .post(
+            "/hooks/muapi",
+            "rotated-token-1234",
+            &muapi_body("api-reload", "completed"),
+        )
+        .await;
+    assert_eq!(rotated.status, StatusCode::OK);
+    std::fs::write(&path, "server: {listen: nope}\n").unwrap();
+    let refused = admin
+        .send("POST", "/api/v1/reload", &[("authorization", ADMIN)], "")
+        .await;
+    assert_eq!(refused.status, StatusCode::BAD_REQUEST);
+    assert!(refused.body["problems"][0]
+        .as_str()
+        .unwrap()
+        .contains("server.listen"));
+    let (_, m) = scrape(&admin).await;
+    assert_eq!(
+        sample(&m, "hookrelay_config_reloads_total", &[("result", "ok")]),
+        1.0
+    );
+    assert_eq!(
+        sample(&m, "hookrelay_config_reloads_total", &[("result", "error")]),
+        1.0
+    );
+    let still = client
+        .post(
+            "/hooks/muapi",
+            "rotated-token-1234",
+            &muapi_body("api-reload-2", "completed"),
+        )
+        .await;
+    assert_eq!(still.status, StatusCode::OK);
+    gateway.shutdown().await;
+}
