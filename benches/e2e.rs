@@ -478,6 +478,24 @@ fn rss_mib(pid: u32) -> (f64, f64) {
     (field("VmHWM:"), field("VmRSS:"))
 }
 
+/// CPU seconds (user + system) a process has used.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may contain spaces) start at ")".
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(f64::NAN)
+    };
+    // utime and stime are fields 14 and 15 of stat, i.e. 11 and 12 after ")".
+    (ticks(11) + ticks(12)) / 100.0
+}
+
 async fn stop(mut gateway: Gateway) {
     if let Some(pid) = gateway.child.id() {
         let _ = std::process::Command::new("kill")
@@ -554,8 +572,11 @@ async fn scenario(opts: &Options, pki: &Pki, s: &Scenario, run: u64, rate: Optio
     let commits = metric(&page, "hookrelay_store_commit_batch_size_count");
     let records = metric(&page, "hookrelay_store_commit_batch_size_sum");
     let (peak, _) = rss_mib(pid);
+    let cpu = cpu_seconds(pid);
     stop(gateway).await;
     json!({
+        "gateway_cpu_s": (cpu * 100.0).round() / 100.0,
+        "gateway_cpu_ms_per_callback": ((cpu * 1000.0 / load.accepted.max(1) as f64) * 1000.0).round() / 1000.0,
         "scenario": s.name,
         "fanout": s.fanout,
         "black_hole": s.black_hole,

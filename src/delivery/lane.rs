@@ -25,6 +25,11 @@ use crate::config::Subscriber;
 use crate::metrics::Metrics;
 use crate::store::{now_ms, AttemptRecord, AttemptUpdate, Next, Store};
 
+/// Body bytes a lane keeps in memory for its waiting deliveries; beyond
+/// that, a delivery waits with its body in the store only (read back when
+/// due), so a subscriber that is down for hours costs bounded memory.
+const BODY_BYTES_IN_MEMORY: usize = 8 * 1024 * 1024;
+
 /// A delivery waiting in a lane.
 #[derive(Debug, Clone)]
 pub struct Job {
@@ -127,6 +132,8 @@ impl Lane {
     pub async fn run(mut self) {
         let mut queue: BTreeMap<(u64, u64), Job> = BTreeMap::new();
         let mut seq = 0u64;
+        // Body bytes held by the jobs in `queue`.
+        let mut held = 0usize;
         let mut breaker = CircuitBreaker::new(self.subscriber.breaker);
         let mut permits = Arc::new(Semaphore::new(self.subscriber.max_in_flight as usize));
         let (done_tx, mut done_rx) = mpsc::unbounded_channel::<AttemptDone>();
@@ -143,6 +150,7 @@ impl Lane {
                     break;
                 };
                 let job = entry.remove();
+                held -= job.body.as_ref().map_or(0, |b| b.len());
                 breaker.on_start();
                 self.stats.in_flight.fetch_add(1, Ordering::Relaxed);
                 let task = attempt(
@@ -185,7 +193,8 @@ impl Lane {
                 biased;
                 _ = self.stop.cancelled() => break,
                 msg = self.rx.recv() => match msg {
-                    Some(LaneMsg::Job(job)) => {
+                    Some(LaneMsg::Job(mut job)) => {
+                        keep_body_within(&mut job, &mut held);
                         seq += 1;
                         queue.insert((job.due_ms, seq), job);
                     }
@@ -200,7 +209,8 @@ impl Lane {
                 },
                 Some(done) = done_rx.recv() => {
                     breaker.record(done.healthy, Instant::now());
-                    if let Some(job) = done.retry {
+                    if let Some(mut job) = done.retry {
+                        keep_body_within(&mut job, &mut held);
                         seq += 1;
                         queue.insert((job.due_ms, seq), job);
                     }
@@ -209,6 +219,18 @@ impl Lane {
             }
         }
         circuit_gauge.set(0);
+    }
+}
+
+/// Keeps the job's body in memory if the lane's budget allows, else drops
+/// it (the attempt reads it back from the store).
+fn keep_body_within(job: &mut Job, held: &mut usize) {
+    if let Some(body) = &job.body {
+        if *held + body.len() > BODY_BYTES_IN_MEMORY {
+            job.body = None;
+        } else {
+            *held += body.len();
+        }
     }
 }
 

@@ -143,7 +143,10 @@ async fn read_body(body: Incoming, limit: u64, timeout: Duration) -> Result<Byte
     let collect = Limited::new(body, limit as usize).collect();
     match tokio::time::timeout(timeout, collect).await {
         Err(_) => Err(Rejection::BodyTimeout),
-        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        // An exact-size copy: the collected bytes may be a slice of hyper's
+        // read buffer, and a delivery waiting in a lane would pin that whole
+        // buffer for as long as it waits.
+        Ok(Ok(collected)) => Ok(Bytes::copy_from_slice(&collected.to_bytes())),
         Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(Rejection::TooLarge(limit)),
         Ok(Err(_)) => Err(Rejection::Invalid(
             "the request body could not be read".into(),
