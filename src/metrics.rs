@@ -4,9 +4,52 @@
 //! never tokens, URLs or query strings.
 
 use prometheus::{
-    exponential_buckets, Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    exponential_buckets, Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter,
+    IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
+
+/// Attempt result classes (the `result` label).
+pub const ATTEMPT_CLASSES: [&str; 7] = [
+    "2xx",
+    "3xx",
+    "4xx",
+    "5xx",
+    "timeout",
+    "connect_error",
+    "error",
+];
+
+/// One subscriber's metric handles, resolved once per lane so an attempt
+/// never hashes label values.
+#[derive(Clone)]
+pub struct SubscriberMetrics {
+    attempts: Vec<IntCounter>,
+    /// `delivery_attempt_duration_seconds`.
+    pub attempt_duration: Histogram,
+    /// `delivery_latency_seconds`.
+    pub latency: Histogram,
+    /// `deliveries_total{outcome="delivered"}`.
+    pub delivered: IntCounter,
+    /// `deliveries_total{outcome="dead"}`.
+    pub dead: IntCounter,
+    /// `deliveries_pending`.
+    pub pending: IntGauge,
+    /// `dead_letters`.
+    pub dead_letters: IntGauge,
+    /// `circuit_open`.
+    pub circuit_open: IntGauge,
+}
+
+impl SubscriberMetrics {
+    /// The attempts counter of a result class (see [`ATTEMPT_CLASSES`]).
+    pub fn attempts(&self, class: &str) -> &IntCounter {
+        let i = ATTEMPT_CLASSES
+            .iter()
+            .position(|c| *c == class)
+            .unwrap_or(ATTEMPT_CLASSES.len() - 1);
+        &self.attempts[i]
+    }
+}
 
 /// Every metric the gateway exports.
 pub struct Metrics {
@@ -171,6 +214,28 @@ impl Metrics {
         }
     }
 
+    /// The handles of one subscriber (creating its series at zero).
+    pub fn subscriber(&self, route: &str, subscriber: &str) -> SubscriberMetrics {
+        let labels = [route, subscriber];
+        SubscriberMetrics {
+            attempts: ATTEMPT_CLASSES
+                .iter()
+                .map(|class| self.attempts.with_label_values(&[route, subscriber, class]))
+                .collect(),
+            attempt_duration: self.attempt_duration.with_label_values(&labels),
+            latency: self.delivery_latency.with_label_values(&labels),
+            delivered: self
+                .deliveries
+                .with_label_values(&[route, subscriber, "delivered"]),
+            dead: self
+                .deliveries
+                .with_label_values(&[route, subscriber, "dead"]),
+            pending: self.pending.with_label_values(&labels),
+            dead_letters: self.dead_letters.with_label_values(&labels),
+            circuit_open: self.circuit_open.with_label_values(&labels),
+        }
+    }
+
     /// Creates every labelled series of the config at zero, so alerts and
     /// dashboards see a series before its first increment.
     pub fn prime(&self, runtime: &crate::config::Runtime) {
@@ -191,18 +256,7 @@ impl Metrics {
                     .with_label_values(&[&route.name, outcome]);
             }
             for subscriber in &route.subscribers {
-                let labels = [&*route.name, &*subscriber.name];
-                for outcome in ["delivered", "dead"] {
-                    self.deliveries
-                        .with_label_values(&[labels[0], labels[1], outcome]);
-                }
-                for result in ["2xx", "4xx", "5xx", "timeout", "connect_error"] {
-                    self.attempts
-                        .with_label_values(&[labels[0], labels[1], result]);
-                }
-                self.pending.with_label_values(&labels);
-                self.dead_letters.with_label_values(&labels);
-                self.circuit_open.with_label_values(&labels);
+                self.subscriber(&route.name, &subscriber.name);
             }
         }
     }

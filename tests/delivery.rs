@@ -281,10 +281,12 @@ async fn exhaustion_makes_a_dead_letter_with_the_last_error() {
 async fn status_filter_keeps_failed_callbacks_away() {
     let only_completed = Sink::start().await;
     let everything = Sink::start().await;
+    let out_of_memory = Sink::start().await;
     let subs = format!(
-        "      - name: app\n        url: {}\n        when: {{ status: [completed] }}\n      - name: all\n        url: {}\n",
+        "      - name: app\n        url: {}\n        when: {{ status: [completed] }}\n      - name: all\n        url: {}\n      - name: oom\n        url: {}\n        when: {{ json: {{ \"/error\": \"out of memory\" }} }}\n",
         only_completed.url("/c"),
-        everything.url("/a")
+        everything.url("/a"),
+        out_of_memory.url("/o")
     );
     let gw = TestGateway::start(&base(&subs, FAST_RETRY), None).await;
     let client = TestClient::plain(gw.ingress);
@@ -301,6 +303,9 @@ async fn status_filter_keeps_failed_callbacks_away() {
     only_completed.wait_for(1, Duration::from_secs(10)).await;
     // Every delivery for "all" is done; "app" was never given the failed ones.
     assert_eq!(only_completed.count(), 1);
+    // A JSON-pointer filter: only the two failed callbacks carry that error.
+    out_of_memory.wait_for(2, Duration::from_secs(10)).await;
+    assert_eq!(out_of_memory.count(), 2);
     let got: serde_json::Value =
         serde_json::from_slice(&only_completed.received()[0].body).unwrap();
     assert_eq!(got["status"], "completed");

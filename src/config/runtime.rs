@@ -62,17 +62,17 @@ pub struct Filter {
 }
 
 impl Filter {
-    /// Whether an event with this parsed body (and status) goes to the subscriber.
-    pub fn matches(&self, body: &serde_json::Value) -> bool {
+    /// Whether an event with this status (and parsed body, needed only
+    /// when [`Filter::json`] is not empty) goes to the subscriber.
+    pub fn matches(&self, status: Option<&str>, body: Option<&serde_json::Value>) -> bool {
         if let Some(statuses) = &self.statuses {
-            let status = body.get("status").and_then(|s| s.as_str());
             if !status.is_some_and(|s| statuses.iter().any(|x| x == s)) {
                 return false;
             }
         }
         self.json
             .iter()
-            .all(|(pointer, expected)| body.pointer(pointer) == Some(expected))
+            .all(|(pointer, expected)| body.and_then(|b| b.pointer(pointer)) == Some(expected))
     }
 }
 
@@ -167,6 +167,9 @@ pub struct Route {
     pub inbound_secret: Option<Vec<u8>>,
     /// Configured key location for generic routes.
     pub key_spec: Option<KeySpec>,
+    /// Some subscriber filters on a JSON pointer, so intake must parse the
+    /// whole body into a tree (otherwise muapi bodies are only skimmed).
+    pub needs_json: bool,
     /// Destinations.
     pub subscribers: Vec<Arc<Subscriber>>,
 }
@@ -199,11 +202,12 @@ impl Config {
         let mut routes = HashMap::new();
         for route in &self.routes {
             let name: Arc<str> = Arc::from(route.name.as_str());
-            let subscribers = route
+            let subscribers: Vec<Arc<Subscriber>> = route
                 .subscribers
                 .iter()
                 .map(|s| Arc::new(self.compile_subscriber(&name, s)))
                 .collect();
+            let needs_json = subscribers.iter().any(|s| !s.filter.json.is_empty());
             let compiled = Route {
                 name,
                 path: route.path.clone(),
@@ -233,6 +237,7 @@ impl Config {
                     .idempotency_key
                     .as_deref()
                     .and_then(|k| KeySpec::parse(k).ok()),
+                needs_json,
                 subscribers,
             };
             routes.insert(route.path.clone(), Arc::new(compiled));
@@ -345,8 +350,11 @@ mod tests {
             statuses: Some(vec!["completed".into()]),
             json: vec![("/model".into(), serde_json::json!("flux"))],
         };
-        assert!(f.matches(&serde_json::json!({"status":"completed","model":"flux"})));
-        assert!(!f.matches(&serde_json::json!({"status":"failed","model":"flux"})));
-        assert!(!f.matches(&serde_json::json!({"status":"completed","model":"sd"})));
+        let flux = serde_json::json!({"model":"flux"});
+        let sd = serde_json::json!({"model":"sd"});
+        assert!(f.matches(Some("completed"), Some(&flux)));
+        assert!(!f.matches(Some("failed"), Some(&flux)));
+        assert!(!f.matches(Some("completed"), Some(&sd)));
+        assert!(!f.matches(None, Some(&flux)));
     }
 }

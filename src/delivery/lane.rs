@@ -22,7 +22,7 @@ use tracing::Instrument;
 use super::breaker::CircuitBreaker;
 use super::client::{AttemptResult, DeliveryClient};
 use crate::config::Subscriber;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, SubscriberMetrics};
 use crate::store::{now_ms, AttemptRecord, AttemptUpdate, Next, Store};
 
 /// Body bytes a lane keeps in memory for its waiting deliveries; beyond
@@ -100,6 +100,7 @@ pub struct LaneDeps {
 /// The lane task's state.
 pub struct Lane {
     subscriber: Arc<Subscriber>,
+    metrics: Arc<SubscriberMetrics>,
     client: DeliveryClient,
     deps: Arc<LaneDeps>,
     stats: Arc<LaneStats>,
@@ -111,6 +112,7 @@ impl Lane {
     /// A lane for `subscriber`, fed through `rx`.
     pub fn new(
         subscriber: Arc<Subscriber>,
+        metrics: Arc<SubscriberMetrics>,
         client: DeliveryClient,
         deps: Arc<LaneDeps>,
         stats: Arc<LaneStats>,
@@ -119,6 +121,7 @@ impl Lane {
     ) -> Self {
         Self {
             subscriber,
+            metrics,
             client,
             deps,
             stats,
@@ -137,8 +140,7 @@ impl Lane {
         let mut breaker = CircuitBreaker::new(self.subscriber.breaker);
         let mut permits = Arc::new(Semaphore::new(self.subscriber.max_in_flight as usize));
         let (done_tx, mut done_rx) = mpsc::unbounded_channel::<AttemptDone>();
-        let labels = [&*self.subscriber.route, &*self.subscriber.name];
-        let circuit_gauge = self.deps.metrics.circuit_open.with_label_values(&labels);
+        let circuit_gauge = self.metrics.circuit_open.clone();
         loop {
             let now = Instant::now();
             let wall = now_ms();
@@ -155,6 +157,7 @@ impl Lane {
                 self.stats.in_flight.fetch_add(1, Ordering::Relaxed);
                 let task = attempt(
                     self.deps.clone(),
+                    self.metrics.clone(),
                     self.subscriber.clone(),
                     self.client.clone(),
                     job,
@@ -237,11 +240,11 @@ fn keep_body_within(job: &mut Job, held: &mut usize) {
 /// One attempt: send, decide what follows, persist it, report back.
 async fn attempt(
     deps: Arc<LaneDeps>,
+    m: Arc<SubscriberMetrics>,
     subscriber: Arc<Subscriber>,
     client: DeliveryClient,
     mut job: Job,
 ) -> AttemptDone {
-    let labels = [&*subscriber.route, &*subscriber.name];
     let body = match job.body.take() {
         Some(body) => body,
         None => match deps.store.body(&job.event_id).await {
@@ -250,7 +253,9 @@ async fn attempt(
                 tracing::error!(delivery = %job.delivery_id, "event body missing from the store");
                 let reason = "event body missing from the store";
                 let _ = deps.store.kill(&job.delivery_id, reason, now_ms()).await;
-                finish(&deps, &labels, "dead");
+                m.dead.inc();
+                m.dead_letters.inc();
+                m.pending.dec();
                 return AttemptDone {
                     healthy: true,
                     retry: None,
@@ -279,13 +284,8 @@ async fn attempt(
         .send(&subscriber, &job.event_id, number, body.clone())
         .instrument(span.clone())
         .await;
-    let m = &deps.metrics;
-    m.attempts
-        .with_label_values(&[labels[0], labels[1], result.class])
-        .inc();
-    m.attempt_duration
-        .with_label_values(&labels)
-        .observe(result.elapsed.as_secs_f64());
+    m.attempts(result.class).inc();
+    m.attempt_duration.observe(result.elapsed.as_secs_f64());
     let next = decide(&subscriber, &job, number, &result, now_ms());
     span.in_scope(|| match (&result.status, &result.error) {
         (Some(status), _) => tracing::info!(
@@ -334,32 +334,25 @@ async fn attempt(
             }
         }
         Next::Delivered => {
-            m.delivery_latency
-                .with_label_values(&labels)
+            m.latency
                 .observe(now_ms().saturating_sub(job.received_ms) as f64 / 1000.0);
-            finish(&deps, &labels, "delivered");
+            m.delivered.inc();
+            m.pending.dec();
             AttemptDone {
                 healthy,
                 retry: None,
             }
         }
         Next::Dead { .. } => {
-            m.dead_letters.with_label_values(&labels).inc();
-            finish(&deps, &labels, "dead");
+            m.dead.inc();
+            m.dead_letters.inc();
+            m.pending.dec();
             AttemptDone {
                 healthy,
                 retry: None,
             }
         }
     }
-}
-
-fn finish(deps: &LaneDeps, labels: &[&str; 2], outcome: &str) {
-    deps.metrics
-        .deliveries
-        .with_label_values(&[labels[0], labels[1], outcome])
-        .inc();
-    deps.metrics.pending.with_label_values(labels).dec();
 }
 
 /// What follows an attempt: DESIGN.md's retry rules.

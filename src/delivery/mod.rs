@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{Runtime, Subscriber};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, SubscriberMetrics};
 use crate::store::{DeliveryRecord, Store};
 use client::DeliveryClient;
 use lane::{Job, Lane, LaneDeps, LaneMsg, LaneStats};
@@ -30,6 +30,7 @@ type LaneKey = (Arc<str>, Arc<str>);
 
 struct LaneHandle {
     subscriber: Arc<Subscriber>,
+    metrics: Arc<SubscriberMetrics>,
     tx: mpsc::UnboundedSender<LaneMsg>,
     stats: Arc<LaneStats>,
     stop: CancellationToken,
@@ -138,8 +139,14 @@ impl Dispatcher {
             let (tx, rx) = mpsc::unbounded_channel();
             let stats = Arc::new(LaneStats::default());
             let stop = self.shutdown.child_token();
+            let metrics = Arc::new(
+                self.deps
+                    .metrics
+                    .subscriber(&subscriber.route, &subscriber.name),
+            );
             let lane = Lane::new(
                 subscriber.clone(),
+                metrics.clone(),
                 self.client_for(&subscriber),
                 self.deps.clone(),
                 stats.clone(),
@@ -151,6 +158,7 @@ impl Dispatcher {
                 key,
                 LaneHandle {
                     subscriber,
+                    metrics,
                     tx,
                     stats,
                     stop,
@@ -160,16 +168,11 @@ impl Dispatcher {
         removed
     }
 
-    fn send(&self, route: &str, subscriber: &str, job: Job) -> bool {
+    fn send(&self, key: &LaneKey, job: Job) -> bool {
         let lanes = self.lanes.read().expect("lane map");
-        let key = (Arc::<str>::from(route), Arc::<str>::from(subscriber));
-        match lanes.get(&key) {
+        match lanes.get(key) {
             Some(handle) => {
-                self.deps
-                    .metrics
-                    .pending
-                    .with_label_values(&[route, subscriber])
-                    .inc();
+                handle.metrics.pending.inc();
                 handle.tx.send(LaneMsg::Job(job)).is_ok()
             }
             None => false,
@@ -196,7 +199,7 @@ impl Dispatcher {
                 received_ms,
                 body: Some(body.clone()),
             };
-            self.send(&subscriber.route, &subscriber.name, job);
+            self.send(&(subscriber.route.clone(), subscriber.name.clone()), job);
         }
     }
 
@@ -213,21 +216,24 @@ impl Dispatcher {
             received_ms: record.received_ms,
             body: None,
         };
-        self.send(&record.route, &record.subscriber, job)
+        let key = (
+            Arc::<str>::from(record.route.as_str()),
+            Arc::<str>::from(record.subscriber.as_str()),
+        );
+        self.send(&key, job)
     }
 
     /// Every lane's state, sorted by route and subscriber.
     pub fn snapshot(&self) -> Vec<LaneSnapshot> {
         let lanes = self.lanes.read().expect("lane map");
-        let m = &self.deps.metrics;
         let mut out: Vec<_> = lanes
             .iter()
             .map(|((route, sub), handle)| LaneSnapshot {
                 route: route.to_string(),
                 subscriber: sub.to_string(),
                 in_flight: handle.stats.in_flight.load(Ordering::Relaxed),
-                pending: m.pending.with_label_values(&[route, sub]).get(),
-                dead_letters: m.dead_letters.with_label_values(&[route, sub]).get(),
+                pending: handle.metrics.pending.get(),
+                dead_letters: handle.metrics.dead_letters.get(),
                 circuit: handle.stats.circuit_name(),
             })
             .collect();

@@ -90,8 +90,6 @@ impl Intake {
         body: Bytes,
         received_ms: u64,
     ) -> Result<Accepted, IntakeError> {
-        let parsed: serde_json::Value = serde_json::from_slice(&body)
-            .map_err(|e| IntakeError::Invalid(format!("body is not valid JSON: {e}")))?;
         if let Some(secret) = &route.inbound_secret {
             let h = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
             crate::signing::verify(
@@ -103,9 +101,31 @@ impl Intake {
                 received_ms / 1000,
             )?;
         }
-        let key = match route.source {
-            SourceKind::Muapi => muapi::key(&parsed)?,
-            SourceKind::Generic => generic::key(&parsed, &body, headers, route.key_spec.as_ref())?,
+        let parse_tree = || {
+            serde_json::from_slice::<serde_json::Value>(&body)
+                .map_err(|e| IntakeError::Invalid(format!("body is not valid JSON: {e}")))
+        };
+        // muapi bodies are skimmed for `id` and `status`; a full tree is
+        // built only when a filter needs one (or for generic sources).
+        let (key, status, tree) = match route.source {
+            SourceKind::Muapi => {
+                let head = muapi::parse(&body)?;
+                let tree = if route.needs_json {
+                    Some(parse_tree()?)
+                } else {
+                    None
+                };
+                (head.key(), Some(head.status.into_owned()), tree)
+            }
+            SourceKind::Generic => {
+                let tree = parse_tree()?;
+                let key = generic::key(&tree, &body, headers, route.key_spec.as_ref())?;
+                let status = tree
+                    .get("status")
+                    .and_then(|s| s.as_str())
+                    .map(str::to_string);
+                (key, status, Some(tree))
+            }
         };
         let digest = event_digest(&route.name, &key);
         let event_id = URL_SAFE_NO_PAD.encode(digest.to_be_bytes());
@@ -122,7 +142,7 @@ impl Intake {
         let subscribers: Vec<_> = route
             .subscribers
             .iter()
-            .filter(|s| s.filter.matches(&parsed))
+            .filter(|s| s.filter.matches(status.as_deref(), tree.as_ref()))
             .cloned()
             .collect();
         let event = NewEvent {

@@ -4,36 +4,86 @@
 //! field (`outputs`, `urls`, `has_nsfw_contents`, `error`, `executionTime`,
 //! `timings`, and fields muapi may add later) may be absent, null or of any
 //! type: the body is forwarded byte for byte, never re-serialised.
+//!
+//! The body is read into [`Head`], which borrows the two fields it needs
+//! and skips the rest (still checking that the whole body is valid JSON),
+//! so the common path builds no JSON tree.
 
-use serde_json::Value;
+use std::borrow::Cow;
+
+use serde::de::IgnoredAny;
+use serde::Deserialize;
 
 use super::IntakeError;
 
-/// The idempotency key of a muapi callback: `id` and `status`, so a
-/// `failed` then a `completed` for the same task are two events.
-pub fn key(body: &Value) -> Result<String, IntakeError> {
-    let object = body
-        .as_object()
-        .ok_or_else(|| IntakeError::Invalid("body must be a JSON object".into()))?;
-    let id = required(object, "id")?;
-    let status = required(object, "status")?;
-    Ok(format!("{id}\n{status}"))
+/// The fields hookrelay reads from a muapi callback.
+#[derive(Debug)]
+pub struct Head<'a> {
+    /// The task id.
+    pub id: Cow<'a, str>,
+    /// `completed`, `failed`, or whatever muapi sends.
+    pub status: Cow<'a, str>,
 }
 
-fn required<'a>(
-    object: &'a serde_json::Map<String, Value>,
-    field: &str,
-) -> Result<&'a str, IntakeError> {
-    match object.get(field) {
-        None | Some(Value::Null) => Err(IntakeError::Invalid(format!(
-            "required field `{field}` is missing"
+impl Head<'_> {
+    /// The idempotency key: `id` and `status`, so a `failed` then a
+    /// `completed` for the same task are two events.
+    pub fn key(&self) -> String {
+        format!("{}\n{}", self.id, self.status)
+    }
+}
+
+#[derive(Deserialize)]
+struct Raw<'a> {
+    #[serde(borrow, default)]
+    id: Option<Field<'a>>,
+    #[serde(borrow, default)]
+    status: Option<Field<'a>>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Field<'a> {
+    Text(#[serde(borrow)] Cow<'a, str>),
+    Other(IgnoredAny),
+}
+
+/// Validates a muapi body and returns its id and status.
+pub fn parse(body: &[u8]) -> Result<Head<'_>, IntakeError> {
+    // serde would also read a JSON array positionally into `Raw`.
+    let first = body.iter().find(|b| !b.is_ascii_whitespace());
+    if first.is_some_and(|b| *b != b'{') {
+        return Err(match serde_json::from_slice::<IgnoredAny>(body) {
+            Ok(_) => IntakeError::Invalid("body must be a JSON object".into()),
+            Err(e) => IntakeError::Invalid(format!("body is not valid JSON: {e}")),
+        });
+    }
+    let raw: Raw<'_> = serde_json::from_slice(body).map_err(|e| {
+        use serde_json::error::Category;
+        match e.classify() {
+            Category::Data => IntakeError::Invalid(format!(
+                "body must be a JSON object with string `id` and `status`: {e}"
+            )),
+            _ => IntakeError::Invalid(format!("body is not valid JSON: {e}")),
+        }
+    })?;
+    Ok(Head {
+        id: required(raw.id, "id")?,
+        status: required(raw.status, "status")?,
+    })
+}
+
+fn required<'a>(field: Option<Field<'a>>, name: &str) -> Result<Cow<'a, str>, IntakeError> {
+    match field {
+        None => Err(IntakeError::Invalid(format!(
+            "required field `{name}` is missing"
         ))),
-        Some(Value::String(s)) if !s.is_empty() => Ok(s),
-        Some(Value::String(_)) => Err(IntakeError::Invalid(format!(
-            "required field `{field}` is empty"
+        Some(Field::Text(s)) if !s.is_empty() => Ok(s),
+        Some(Field::Text(_)) => Err(IntakeError::Invalid(format!(
+            "required field `{name}` is empty"
         ))),
-        Some(_) => Err(IntakeError::Invalid(format!(
-            "required field `{field}` must be a string"
+        Some(Field::Other(_)) => Err(IntakeError::Invalid(format!(
+            "required field `{name}` must be a string"
         ))),
     }
 }
@@ -41,11 +91,16 @@ fn required<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+
+    fn parse_str(body: &str) -> Result<String, String> {
+        parse(body.as_bytes())
+            .map(|h| h.key())
+            .map_err(|e| e.to_string())
+    }
 
     #[test]
     fn seed_payload_is_accepted() {
-        let body = json!({
+        let body = r#"{
             "id": "6a1e0c4e-3f1b-4a7e-9d43-2b0c8f6e1a11",
             "outputs": ["https://cdn.example/out.png"],
             "urls": {"get": "https://api.muapi.ai/api/v1/predictions/x/result"},
@@ -56,27 +111,52 @@ mod tests {
             "executionTime": 1234,
             "timings": {"inference": 1.2},
             "brand_new_field": {"nested": true}
-        });
+        }"#;
         assert_eq!(
-            key(&body).unwrap(),
+            parse_str(body).unwrap(),
             "6a1e0c4e-3f1b-4a7e-9d43-2b0c8f6e1a11\ncompleted"
         );
     }
 
     #[test]
-    fn minimal_payload_is_accepted() {
-        assert!(key(&json!({"id": "t", "status": "failed"})).is_ok());
+    fn minimal_payload_and_escapes_are_accepted() {
+        assert!(parse_str(r#"{"id": "t", "status": "failed"}"#).is_ok());
+        assert_eq!(
+            parse_str(r#"{"id": "a\"b", "status": "ok"}"#).unwrap(),
+            "a\"b\nok"
+        );
+    }
+
+    #[test]
+    fn other_fields_may_have_any_type() {
+        let body = r#"{"id":"t","status":"completed","outputs":"not-a-list","urls":null,"has_nsfw_contents":7,"timings":[1,2]}"#;
+        assert!(parse_str(body).is_ok());
     }
 
     #[test]
     fn missing_or_wrong_required_fields_are_named() {
-        let e = key(&json!({"status": "completed"})).unwrap_err();
-        assert!(e.to_string().contains("`id` is missing"));
-        let e = key(&json!({"id": "t", "status": ""})).unwrap_err();
-        assert!(e.to_string().contains("`status` is empty"));
-        let e = key(&json!({"id": 5, "status": "completed"})).unwrap_err();
-        assert!(e.to_string().contains("`id` must be a string"));
-        let e = key(&json!(["id"])).unwrap_err();
-        assert!(e.to_string().contains("object"));
+        assert!(parse_str(r#"{"status": "completed"}"#)
+            .unwrap_err()
+            .contains("`id` is missing"));
+        assert!(parse_str(r#"{"id": null, "status": "completed"}"#)
+            .unwrap_err()
+            .contains("`id` is missing"));
+        assert!(parse_str(r#"{"id": "t", "status": ""}"#)
+            .unwrap_err()
+            .contains("`status` is empty"));
+        assert!(parse_str(r#"{"id": 5, "status": "completed"}"#)
+            .unwrap_err()
+            .contains("`id` must be a string"));
+        assert!(parse_str(r#"["id"]"#).unwrap_err().contains("object"));
+    }
+
+    #[test]
+    fn invalid_json_is_reported_as_such() {
+        assert!(parse_str(r#"{"id": "t", "status": "completed""#)
+            .unwrap_err()
+            .contains("not valid JSON"));
+        assert!(parse_str(r#"{"id": "t", "status": "completed"} trailing"#)
+            .unwrap_err()
+            .contains("not valid JSON"));
     }
 }
