@@ -408,7 +408,7 @@ admin:
   listen: "{admin}"
 store:
   path: {}
-log: {{ format: json, level: warn }}
+{cache}log: {{ format: json, level: warn }}
 defaults:
   max_in_flight: 64
   retry: {{ initial_interval: 1s, max_interval: 10s }}
@@ -421,7 +421,11 @@ routes:
 {subs}"#,
         pki.cert.display(),
         pki.key.display(),
-        dir.join("data").display()
+        dir.join("data").display(),
+        // Exploration knob: the store's page cache (default: the config's).
+        cache = std::env::var("HOOKRELAY_BENCH_CACHE_BYTES")
+            .map(|v| format!("  cache_bytes: {v}\n"))
+            .unwrap_or_default(),
     );
     let path = dir.join("hookrelay.yaml");
     std::fs::write(&path, config).unwrap();

@@ -505,7 +505,7 @@ fn d_commit_batch() -> usize {
     1024
 }
 fn d_cache_bytes() -> usize {
-    16 * 1024 * 1024
+    8 * 1024 * 1024
 }
 fn d_retention() -> Duration {
     Duration::from_secs(72 * 3600)

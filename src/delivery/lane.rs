@@ -28,7 +28,7 @@ use crate::store::{now_ms, AttemptRecord, AttemptUpdate, Next, Store};
 /// Body bytes a lane keeps in memory for its waiting deliveries; beyond
 /// that, a delivery waits with its body in the store only (read back when
 /// due), so a subscriber that is down for hours costs bounded memory.
-const BODY_BYTES_IN_MEMORY: usize = 8 * 1024 * 1024;
+const BODY_BYTES_IN_MEMORY: usize = 4 * 1024 * 1024;
 
 /// A delivery waiting in a lane.
 #[derive(Debug, Clone)]

@@ -181,7 +181,7 @@ impl Default for EmbeddedOptions {
     fn default() -> Self {
         Self {
             max_batch: 1024,
-            cache_bytes: 16 * 1024 * 1024,
+            cache_bytes: 8 * 1024 * 1024,
             observer: None,
         }
     }
