@@ -6,6 +6,8 @@
 
 use std::sync::Arc;
 
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
 use hookrelay::config::Filter;
@@ -130,8 +132,11 @@ fn group_commit(c: &mut Criterion) {
                     (0..batch)
                         .map(|_| {
                             next += 1;
+                            // Real event ids: URL-safe base64 of a digest, so
+                            // the idempotency index sees random keys.
+                            let digest = event_digest("muapi", &format!("task-{next}\ncompleted"));
                             NewEvent {
-                                event_id: format!("ev{next:020}"),
+                                event_id: URL_SAFE_NO_PAD.encode(digest.to_be_bytes()),
                                 route: Arc::from("muapi"),
                                 received_ms: next,
                                 headers: vec![("content-type".into(), "application/json".into())],

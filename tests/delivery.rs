@@ -150,31 +150,20 @@ async fn failing_subscriber_is_retried_with_growing_gaps() {
     // Delivered on attempt 4: no fifth request.
     let event_id = answer.body["event_id"].as_str().unwrap();
     let admin = TestClient::plain(gw.admin);
-    let mut delivered = false;
-    for _ in 0..200 {
-        let view = admin
-            .send(
-                "GET",
-                &format!("/api/v1/events/{event_id}"),
-                &[("authorization", "Bearer admin-token")],
-                "",
-            )
-            .await;
-        if view.body["deliveries"][0]["state"] == "delivered" {
-            assert_eq!(view.body["deliveries"][0]["attempts"], 4);
-            assert_eq!(
-                view.body["deliveries"][0]["history"]
-                    .as_array()
-                    .unwrap()
-                    .len(),
-                4
-            );
-            delivered = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(delivered, "the store must record the delivery");
+    let view = admin
+        .get_until(
+            &format!("/api/v1/events/{event_id}"),
+            Some("admin-token"),
+            Duration::from_secs(5),
+            "the store to record the delivery",
+            |v| v["deliveries"][0]["state"] == "delivered",
+        )
+        .await;
+    assert_eq!(view["deliveries"][0]["attempts"], 4);
+    assert_eq!(
+        view["deliveries"][0]["history"].as_array().unwrap().len(),
+        4
+    );
     assert_eq!(sink.count(), 4);
     gw.gateway.shutdown().await;
 }
@@ -202,14 +191,14 @@ async fn retry_after_on_429_is_honoured() {
 
 async fn dead_letters(admin: &TestClient) -> serde_json::Value {
     admin
-        .send(
-            "GET",
+        .get_until(
             "/api/v1/dead-letters",
-            &[("authorization", "Bearer admin-token")],
-            "",
+            Some("admin-token"),
+            Duration::from_secs(15),
+            "a dead letter",
+            |v| v["dead_letters"].as_array().is_some_and(|a| !a.is_empty()),
         )
         .await
-        .body
 }
 
 #[tokio::test]
@@ -224,17 +213,7 @@ async fn gone_410_is_a_dead_letter_after_one_attempt() {
         .post("/hooks/muapi", TOKEN, &muapi_body("gone-1", "completed"))
         .await;
     sink.wait_for(1, Duration::from_secs(10)).await;
-    let mut letters = serde_json::Value::Null;
-    for _ in 0..500 {
-        letters = dead_letters(&admin).await;
-        if letters["dead_letters"]
-            .as_array()
-            .is_some_and(|a| !a.is_empty())
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let letters = dead_letters(&admin).await;
     let letter = &letters["dead_letters"][0];
     assert_eq!(letter["attempts"], 1);
     assert!(letter["dead_reason"].as_str().unwrap().contains("410"));
@@ -255,18 +234,7 @@ async fn exhaustion_makes_a_dead_letter_with_the_last_error() {
     client
         .post("/hooks/muapi", TOKEN, &muapi_body("exhaust-1", "completed"))
         .await;
-    let mut letters = serde_json::Value::Null;
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while Instant::now() < deadline {
-        letters = dead_letters(&admin).await;
-        if letters["dead_letters"]
-            .as_array()
-            .is_some_and(|a| !a.is_empty())
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let letters = dead_letters(&admin).await;
     let letter = &letters["dead_letters"][0];
     let reason = letter["dead_reason"].as_str().expect("a dead letter");
     assert!(reason.contains("HTTP 503"), "{reason}");
@@ -416,30 +384,16 @@ async fn circuit_breaker_opens_holds_deliveries_and_recovers_with_a_probe() {
         .await;
     sink.wait_for(3, Duration::from_secs(10)).await;
     // Three consecutive failures open the circuit.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let subs = admin
-            .send(
-                "GET",
-                "/api/v1/subscribers",
-                &[("authorization", "Bearer admin-token")],
-                "",
-            )
-            .await;
-        if subs.body["subscribers"][0]["circuit"] == "open" {
-            assert_eq!(
-                subs.body["subscribers"][0]["pending"], 1,
-                "held, not failed"
-            );
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "circuit never opened: {:?}",
-            subs.body
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let subs = admin
+        .get_until(
+            "/api/v1/subscribers",
+            Some("admin-token"),
+            Duration::from_secs(5),
+            "the circuit to open",
+            |v| v["subscribers"][0]["circuit"] == "open",
+        )
+        .await;
+    assert_eq!(subs["subscribers"][0]["pending"], 1, "held, not failed");
     let metrics = String::from_utf8(admin.send_raw("GET", "/metrics").await).unwrap();
     assert!(metrics.contains("hookrelay_circuit_open{route=\"muapi\",subscriber=\"app\"} 1"));
     sink.set_default(Reply::Status(200, vec![]));
@@ -451,28 +405,15 @@ async fn circuit_breaker_opens_holds_deliveries_and_recovers_with_a_probe() {
         held >= Duration::from_millis(1400),
         "the open circuit did not hold: {held:?}"
     );
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let subs = admin
-            .send(
-                "GET",
-                "/api/v1/subscribers",
-                &[("authorization", "Bearer admin-token")],
-                "",
-            )
-            .await;
-        if subs.body["subscribers"][0]["circuit"] == "closed"
-            && subs.body["subscribers"][0]["pending"] == 0
-        {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the probe did not close the circuit: {:?}",
-            subs.body
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    admin
+        .get_until(
+            "/api/v1/subscribers",
+            Some("admin-token"),
+            Duration::from_secs(5),
+            "the probe to close the circuit",
+            |v| v["subscribers"][0]["circuit"] == "closed" && v["subscribers"][0]["pending"] == 0,
+        )
+        .await;
     gw.gateway.shutdown().await;
 }
 

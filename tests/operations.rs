@@ -50,30 +50,15 @@ routes:
 }
 
 async fn wait_dead(admin: &TestClient, n: usize) -> serde_json::Value {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let answer = admin
-            .send(
-                "GET",
-                "/api/v1/dead-letters",
-                &[("authorization", ADMIN)],
-                "",
-            )
-            .await;
-        if answer.body["dead_letters"]
-            .as_array()
-            .map_or(0, |a| a.len())
-            >= n
-        {
-            return answer.body;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "expected {n} dead letters: {:?}",
-            answer.body
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    admin
+        .get_until(
+            "/api/v1/dead-letters",
+            Some("admin-secret-token"),
+            Duration::from_secs(10),
+            &format!("{n} dead letters"),
+            |v| v["dead_letters"].as_array().map_or(0, |a| a.len()) >= n,
+        )
+        .await
 }
 
 fn sample(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
@@ -686,30 +671,10 @@ async fn removed_subscriber_leaves_its_pending_deliveries_as_dead_letters() {
     );
     running.signal("-HUP");
     let admin = TestClient::plain(running.admin);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let answer = admin
-            .send(
-                "GET",
-                "/api/v1/dead-letters",
-                &[("authorization", ADMIN)],
-                "",
-            )
-            .await;
-        if let Some(letter) = answer.body["dead_letters"]
-            .as_array()
-            .and_then(|a| a.first())
-        {
-            assert_eq!(letter["subscriber"], "doomed");
-            assert_eq!(letter["dead_reason"], "subscriber removed");
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "pending delivery of a removed subscriber not dead-lettered"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let letters = wait_dead(&admin, 1).await;
+    let letter = &letters["dead_letters"][0];
+    assert_eq!(letter["subscriber"], "doomed");
+    assert_eq!(letter["dead_reason"], "subscriber removed");
 }
 
 #[tokio::test]

@@ -259,22 +259,15 @@ async fn restart_resumes_retries_at_their_persisted_due_times() {
     let first = sink.received()[0].at;
     // Wait until the failed attempt and its next due time are persisted.
     let admin = TestClient::plain(running.admin);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let view = admin
-            .send(
-                "GET",
-                &format!("/api/v1/events/{event_id}"),
-                &[("authorization", "Bearer admin-token")],
-                "",
-            )
-            .await;
-        if view.body["deliveries"][0]["attempts"] == 1 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "attempt never persisted");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    admin
+        .get_until(
+            &format!("/api/v1/events/{event_id}"),
+            Some("admin-token"),
+            Duration::from_secs(10),
+            "the first attempt to be persisted",
+            |v| v["deliveries"][0]["attempts"] == 1,
+        )
+        .await;
     running.child.start_kill().unwrap();
     let _ = running.child.wait().await;
     let _restarted = spawn(&config).await;

@@ -237,6 +237,36 @@ impl TestClient {
         })
     }
 
+    /// GETs `path` (with a bearer `token`, if any) until `done` holds for
+    /// the JSON answer; panics after `limit`, saying what was awaited.
+    pub async fn get_until(
+        &self,
+        path: &str,
+        token: Option<&str>,
+        limit: Duration,
+        what: &str,
+        done: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let auth = token.map(|t| format!("Bearer {t}"));
+        let headers: Vec<(&str, &str)> = auth
+            .as_deref()
+            .map(|a| vec![("authorization", a)])
+            .unwrap_or_default();
+        let deadline = Instant::now() + limit;
+        loop {
+            let answer = self.send("GET", path, &headers, "").await;
+            if done(&answer.body) {
+                return answer.body;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out after {limit:?} waiting for {what}; last answer: {}",
+                answer.body
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     /// GETs a path and returns the raw body bytes.
     pub async fn send_raw(&self, method: &str, path: &str) -> Vec<u8> {
         let request = Request::builder()
