@@ -122,7 +122,10 @@ async fn failing_subscriber_is_retried_with_growing_gaps() {
         Reply::Status(500, vec![]),
     ]);
     let subs = format!("      - name: app\n        url: {}\n", sink.url("/x"));
-    let gw = TestGateway::start(&base(&subs, FAST_RETRY), None).await;
+    // Waits of 150, 450 and 1350 ms: far enough apart that scheduling noise
+    // on a loaded machine cannot reorder them.
+    let retry = "    initial_interval: 150ms\n    multiplier: 3.0\n    max_interval: 5s\n    max_elapsed: 1m\n    jitter: 0.0\n";
+    let gw = TestGateway::start(&base(&subs, retry), None).await;
     let client = TestClient::plain(gw.ingress);
     let answer = client
         .post("/hooks/muapi", TOKEN, &muapi_body("retry-1", "completed"))
@@ -142,7 +145,7 @@ async fn failing_subscriber_is_retried_with_growing_gaps() {
     assert_eq!(ids.len(), 1, "the same webhook-id on every attempt");
     let gaps: Vec<Duration> = got.windows(2).map(|w| w[1].at - w[0].at).collect();
     println!("retry gaps: {gaps:?}");
-    assert!(gaps[0] >= Duration::from_millis(90));
+    assert!(gaps[0] >= Duration::from_millis(140));
     assert!(
         gaps[1] > gaps[0] && gaps[2] > gaps[1],
         "gaps must grow: {gaps:?}"
