@@ -443,10 +443,12 @@ async fn kill_orphan(
     }
 }
 
-/// Expires idempotency keys and prunes delivered events, once a minute.
+/// Expires idempotency keys and prunes delivered events: once a minute, or
+/// four times per keep window when that is shorter.
 async fn prune_loop(shared: Arc<Shared>, config: Config, stop: CancellationToken) {
     let keep = config.idempotency.ttl.max(config.store.retention);
-    let mut tick = tokio::time::interval(Duration::from_secs(60));
+    let period = (keep / 4).clamp(Duration::from_millis(100), Duration::from_secs(60));
+    let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {

@@ -466,3 +466,56 @@ async fn a_subscriber_that_never_answers_does_not_delay_the_others() {
     );
     gw.gateway.shutdown().await;
 }
+
+#[tokio::test]
+async fn delivered_events_are_pruned_after_the_keep_window() {
+    let sink = Sink::start().await;
+    let subs = format!("      - name: app\n        url: {}\n", sink.url("/x"));
+    let yaml = base(&subs, FAST_RETRY).replace(
+        "shutdown_grace: 2s\n",
+        "shutdown_grace: 2s\nidempotency: { ttl: 1s }\n",
+    );
+    let yaml = yaml.replace(
+        "  path: \"{store}\"\n",
+        "  path: \"{store}\"\n  retention: 1s\n",
+    );
+    let gw = TestGateway::start(&yaml, None).await;
+    let client = TestClient::plain(gw.ingress);
+    let admin = TestClient::plain(gw.admin);
+    let body = muapi_body("prune-1", "completed");
+    let first = client.post("/hooks/muapi", TOKEN, &body).await;
+    let event_id = first.body["event_id"].as_str().unwrap().to_string();
+    sink.wait_for(1, Duration::from_secs(10)).await;
+    // Within the window: still a duplicate, still inspectable.
+    assert_eq!(
+        client.post("/hooks/muapi", TOKEN, &body).await.body["status"],
+        "duplicate"
+    );
+    // The background pruner removes the delivered event and its key.
+    let path = format!("/api/v1/events/{event_id}");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let view = admin
+            .send("GET", &path, &[("authorization", "Bearer admin-token")], "")
+            .await;
+        if view.status == StatusCode::NOT_FOUND {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the delivered event was never pruned"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let keys = String::from_utf8(admin.send_raw("GET", "/metrics").await).unwrap();
+    assert!(
+        keys.contains("hookrelay_idempotency_keys 0"),
+        "expired keys stay in memory"
+    );
+    // After the window the same callback is a new event (same stable id).
+    let again = client.post("/hooks/muapi", TOKEN, &body).await;
+    assert_eq!(again.body["status"], "accepted");
+    assert_eq!(again.body["event_id"], event_id.as_str());
+    sink.wait_for(2, Duration::from_secs(10)).await;
+    gw.gateway.shutdown().await;
+}
