@@ -145,14 +145,9 @@ impl Gateway {
             if dispatcher.enqueue_record(&record) {
                 resumed += 1;
             } else {
-                kill_orphan(
-                    &*store,
-                    &metrics,
-                    &record.id,
-                    &record.route,
-                    &record.subscriber,
-                )
-                .await;
+                dispatcher
+                    .orphan(&record.id, &record.route, &record.subscriber, false)
+                    .await;
             }
         }
         if resumed > 0 {
@@ -192,6 +187,7 @@ impl Gateway {
             header_read_timeout: server.header_read_timeout,
             max_connections: server.max_connections as usize,
             grace,
+            idle_timeout: server.idle_timeout,
         };
         let ingress_state = Arc::new(IngressState {
             runtime: shared.runtime.clone(),
@@ -224,6 +220,7 @@ impl Gateway {
                 header_read_timeout: Duration::from_secs(10),
                 max_connections: 64,
                 grace: Duration::from_secs(1),
+                idle_timeout: Duration::from_secs(60),
             },
             admin_handler,
             admin_stop.clone(),
@@ -397,14 +394,10 @@ impl Shared {
                             .iter()
                             .any(|(r, s)| r == &record.route && s == &record.subscriber)
                         {
-                            kill_orphan(
-                                &*self.store,
-                                &self.metrics,
-                                &record.id,
-                                &record.route,
-                                &record.subscriber,
-                            )
-                            .await;
+                            // Counted as pending while its lane held it.
+                            self.dispatcher
+                                .orphan(&record.id, &record.route, &record.subscriber, true)
+                                .await;
                         }
                     }
                 }
@@ -414,32 +407,6 @@ impl Shared {
             }
         }
         Ok(())
-    }
-}
-
-/// A pending delivery whose subscriber no longer exists becomes a dead letter.
-async fn kill_orphan(
-    store: &dyn Store,
-    metrics: &Metrics,
-    id: &str,
-    route: &str,
-    subscriber: &str,
-) {
-    match store.kill(id, "subscriber removed", now_ms()).await {
-        Ok(true) => {
-            metrics
-                .dead_letters
-                .with_label_values(&[route, subscriber])
-                .inc();
-            let pending = metrics.pending.with_label_values(&[route, subscriber]);
-            if pending.get() > 0 {
-                pending.dec();
-            }
-        }
-        Ok(false) => {}
-        Err(e) => {
-            tracing::error!(delivery = id, error = %e, "cannot mark delivery of a removed subscriber dead")
-        }
     }
 }
 

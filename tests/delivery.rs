@@ -519,3 +519,127 @@ async fn delivered_events_are_pruned_after_the_keep_window() {
     sink.wait_for(2, Duration::from_secs(10)).await;
     gw.gateway.shutdown().await;
 }
+
+/// CPU seconds this process has used (user + system).
+fn own_cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .collect();
+    (fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap()) / 100.0
+}
+
+#[tokio::test]
+async fn an_open_circuit_waits_quietly_and_survives_a_reload() {
+    let sink = Sink::start().await;
+    sink.set_default(Reply::Status(500, vec![]));
+    let subs = format!(
+        "      - name: app\n        url: {}\n        circuit_breaker: {{ failure_threshold: 1, cooldown: 100ms }}\n",
+        sink.url("/x")
+    );
+    // The next attempt is due long after the cooldown ends.
+    let retry =
+        "    initial_interval: 30s\n    max_interval: 1m\n    max_elapsed: 1h\n    jitter: 0.0\n";
+    let yaml = base(&subs, retry);
+    let gw = TestGateway::start(&yaml, None).await;
+    let client = TestClient::plain(gw.ingress);
+    let admin = TestClient::plain(gw.admin);
+    client
+        .post("/hooks/muapi", TOKEN, &muapi_body("quiet-1", "completed"))
+        .await;
+    sink.wait_for(1, Duration::from_secs(10)).await;
+    admin
+        .get_until(
+            "/api/v1/subscribers",
+            Some("admin-token"),
+            Duration::from_secs(5),
+            "the circuit to open",
+            |v| v["subscribers"][0]["circuit"] == "open",
+        )
+        .await;
+    // Past the cooldown, nothing is due: the lane must sleep, not spin.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = own_cpu_seconds();
+    let window = Instant::now();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let used = own_cpu_seconds() - before;
+    println!(
+        "CPU used while the open circuit waited {:?}: {used:.2}s",
+        window.elapsed()
+    );
+    assert!(
+        used < 0.5,
+        "the lane busy-looped: {used:.2}s of CPU in 1.5s"
+    );
+    // A reload that does not touch the breaker keeps its state.
+    let text = yaml
+        .replace("{store}", &gw.dir.path().join("data").display().to_string())
+        .replace("{tls}\n", "");
+    gw.gateway
+        .reload(hookrelay::Config::from_yaml(&text, &|_| None).unwrap())
+        .await
+        .unwrap();
+    let subs = admin
+        .send(
+            "GET",
+            "/api/v1/subscribers",
+            &[("authorization", "Bearer admin-token")],
+            "",
+        )
+        .await;
+    assert_ne!(
+        subs.body["subscribers"][0]["circuit"], "closed",
+        "{:?}",
+        subs.body
+    );
+    assert_eq!(sink.count(), 1);
+    gw.gateway.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_sender_that_hangs_up_mid_request_loses_nothing() {
+    use tokio::io::AsyncWriteExt;
+    let sink = Sink::start().await;
+    let subs = format!("      - name: app\n        url: {}\n", sink.url("/x"));
+    let gw = TestGateway::start(&base(&subs, FAST_RETRY), None).await;
+    let client = TestClient::plain(gw.ingress);
+    let mut ids = std::collections::HashSet::new();
+    for i in 0..40 {
+        let body = muapi_body(&format!("hangup-{i}"), "completed");
+        // Send the whole request, then hang up without reading the answer.
+        let mut raw = tokio::net::TcpStream::connect(gw.ingress).await.unwrap();
+        let request = format!(
+            "POST /hooks/muapi HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {TOKEN}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        raw.write_all(request.as_bytes()).await.unwrap();
+        drop(raw);
+        // The sender retries, as muapi does: accepted, or a duplicate of
+        // the first try if that one was committed.
+        let answer = client.post("/hooks/muapi", TOKEN, &body).await;
+        assert_eq!(answer.status, StatusCode::OK);
+        ids.insert(answer.body["event_id"].as_str().unwrap().to_string());
+    }
+    // Every callback reaches the subscriber, whichever try committed it.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let got: std::collections::HashSet<String> = sink
+            .received()
+            .iter()
+            .map(|r| r.headers["webhook-id"].to_str().unwrap().to_string())
+            .collect();
+        if ids.iter().all(|id| got.contains(id)) {
+            break;
+        }
+        let missing = ids.iter().filter(|id| !got.contains(*id)).count();
+        assert!(
+            Instant::now() < deadline,
+            "{missing} callbacks never delivered"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    gw.gateway.shutdown().await;
+}

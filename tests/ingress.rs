@@ -366,3 +366,94 @@ async fn connections_beyond_max_connections_wait_for_a_slot() {
     assert_eq!(answer.status, StatusCode::OK);
     gw.gateway.shutdown().await;
 }
+
+#[tokio::test]
+async fn an_idle_http2_connection_is_closed_after_idle_timeout() {
+    let pki = Pki::new();
+    let sink = Sink::start().await;
+    let yaml = config(&sink, "").replace(
+        "header_read_timeout: 500ms",
+        "header_read_timeout: 5s\n  idle_timeout: 500ms",
+    );
+    let gw = TestGateway::start(&yaml, Some(&pki)).await;
+    let connector =
+        tokio_rustls::TlsConnector::from(std::sync::Arc::new(pki.client_config(&[b"h2"])));
+    let tcp = tokio::net::TcpStream::connect(gw.ingress).await.unwrap();
+    let tls = connector.connect(localhost(), tcp).await.unwrap();
+    let (mut sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tls),
+    )
+    .await
+    .unwrap();
+    let driver = tokio::spawn(connection);
+    let request = http::Request::post(format!(
+        "https://localhost:{}/hooks/muapi",
+        gw.ingress.port()
+    ))
+    .header("authorization", format!("Bearer {TOKEN}"))
+    .body(http_body_util::Full::new(bytes::Bytes::from(muapi_body(
+        "idle-h2",
+        "completed",
+    ))))
+    .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    drop(response);
+    let started = Instant::now();
+    // The gateway closes the idle connection: the client's driver ends.
+    tokio::time::timeout(Duration::from_secs(10), driver)
+        .await
+        .expect("an idle HTTP/2 connection must be closed")
+        .unwrap()
+        .ok();
+    let idle = started.elapsed();
+    println!("idle HTTP/2 connection closed after {idle:?} (idle_timeout 500ms)");
+    assert!(
+        idle >= Duration::from_millis(400),
+        "closed too early: {idle:?}"
+    );
+    gw.gateway.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_busy_http2_connection_outlives_the_first_request_deadline() {
+    let pki = Pki::new();
+    let sink = Sink::start().await;
+    // header_read_timeout 500ms bounds only the first request head; an
+    // HTTP/2 connection in use stays open past it.
+    let gw = TestGateway::start(&config(&sink, ""), Some(&pki)).await;
+    let connector =
+        tokio_rustls::TlsConnector::from(std::sync::Arc::new(pki.client_config(&[b"h2"])));
+    let tcp = tokio::net::TcpStream::connect(gw.ingress).await.unwrap();
+    let tls = connector.connect(localhost(), tcp).await.unwrap();
+    let (mut sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tls),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(connection);
+    let started = Instant::now();
+    for i in 0..4 {
+        let request = http::Request::post(format!(
+            "https://localhost:{}/hooks/muapi",
+            gw.ingress.port()
+        ))
+        .header("authorization", format!("Bearer {TOKEN}"))
+        .body(http_body_util::Full::new(bytes::Bytes::from(muapi_body(
+            &format!("long-h2-{i}"),
+            "completed",
+        ))))
+        .unwrap();
+        let response = sender
+            .send_request(request)
+            .await
+            .expect("the connection is still open");
+        assert_eq!(response.status(), StatusCode::OK);
+        // Time passing is the subject here: 4 × 300ms spans the 500ms deadline.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert!(started.elapsed() > Duration::from_millis(1000));
+    gw.gateway.shutdown().await;
+}

@@ -360,7 +360,8 @@ async fn admin_api_endpoints_with_and_without_token_and_replay() {
             "POST",
             "/api/v1/dead-letters/replay",
             &[("authorization", ADMIN)],
-            format!(r#"{{"ids":["{dead_id}"]}}"#),
+            // The same id twice is replayed once.
+            format!(r#"{{"ids":["{dead_id}","{dead_id}"]}}"#),
         )
         .await;
     assert_eq!(replay.status, StatusCode::OK);

@@ -142,6 +142,10 @@ pub struct ServerConfig {
     /// Connections beyond this wait in the kernel backlog.
     #[serde(default = "d_max_connections")]
     pub max_connections: u32,
+    /// A connection with no request in flight for this long is closed, so
+    /// idle (HTTP/2) connections cannot hold `max_connections` slots forever.
+    #[serde(default = "d_idle_timeout", deserialize_with = "duration::deserialize")]
+    pub idle_timeout: Duration,
 }
 
 /// `server.tls:` — either files or a dev-only self-signed certificate.
@@ -491,6 +495,9 @@ fn d_max_body() -> u64 {
 }
 fn d_header_timeout() -> Duration {
     Duration::from_secs(10)
+}
+fn d_idle_timeout() -> Duration {
+    Duration::from_secs(60)
 }
 fn d_max_connections() -> u32 {
     10_000

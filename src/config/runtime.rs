@@ -108,7 +108,7 @@ impl RetryPolicy {
 }
 
 /// Circuit-breaker settings of one subscriber.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Breaker {
     /// Consecutive failures that open the circuit.
     pub failure_threshold: u32,

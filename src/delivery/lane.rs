@@ -75,14 +75,15 @@ impl LaneStats {
 pub enum LaneMsg {
     /// A delivery to schedule.
     Job(Job),
-    /// New settings after a reload.
-    Update(Arc<Subscriber>),
+    /// New settings after a reload, with the client for its (maybe new) CA file.
+    Update(Arc<Subscriber>, Box<DeliveryClient>),
 }
 
 /// What an attempt task reports back.
 struct AttemptDone {
-    /// For the breaker: false on transport errors, timeouts, 5xx, 429.
-    healthy: bool,
+    /// For the breaker: false on transport errors, timeouts, 5xx, 429;
+    /// `None` when no request was made (the body could not be read).
+    healthy: Option<bool>,
     /// The delivery again, when it must be retried.
     retry: Option<Job>,
 }
@@ -179,18 +180,22 @@ impl Lane {
             self.stats.circuit.store(circuit, Ordering::Relaxed);
             circuit_gauge.set(i64::from(circuit != 0));
 
-            // Sleep until something can start: never while all permits are
-            // taken or a probe is out (a finishing attempt wakes us).
+            // Sleep until something can start: the head of the queue is due
+            // and, with an open breaker, its cooldown is over. Never while
+            // all permits are taken, a probe is out or nothing is queued (a
+            // finishing attempt or a new delivery wakes us).
+            let head_due = queue
+                .first_key_value()
+                .map(|((due, _), _)| now + Duration::from_millis(due.saturating_sub(wall)));
             let wake = if permits.available_permits() == 0 {
                 None
-            } else if let Some(until) = breaker.reopens_at() {
-                Some(until)
             } else if breaker.is_open() {
-                None
+                match (breaker.reopens_at(), head_due) {
+                    (Some(until), Some(due)) => Some(until.max(due)),
+                    _ => None,
+                }
             } else {
-                queue
-                    .first_key_value()
-                    .map(|((due, _), _)| now + Duration::from_millis(due.saturating_sub(wall)))
+                head_due
             };
             tokio::select! {
                 biased;
@@ -201,17 +206,23 @@ impl Lane {
                         seq += 1;
                         queue.insert((job.due_ms, seq), job);
                     }
-                    Some(LaneMsg::Update(subscriber)) => {
+                    Some(LaneMsg::Update(subscriber, client)) => {
                         if subscriber.max_in_flight != self.subscriber.max_in_flight {
                             permits = Arc::new(Semaphore::new(subscriber.max_in_flight as usize));
                         }
-                        breaker = CircuitBreaker::new(subscriber.breaker);
+                        // A reload keeps the breaker's state unless its settings changed.
+                        if subscriber.breaker != self.subscriber.breaker {
+                            breaker = CircuitBreaker::new(subscriber.breaker);
+                        }
                         self.subscriber = subscriber;
+                        self.client = *client;
                     }
                     None => break,
                 },
                 Some(done) = done_rx.recv() => {
-                    breaker.record(done.healthy, Instant::now());
+                    if let Some(healthy) = done.healthy {
+                        breaker.record(healthy, Instant::now());
+                    }
                     if let Some(mut job) = done.retry {
                         keep_body_within(&mut job, &mut held);
                         seq += 1;
@@ -252,12 +263,13 @@ async fn attempt(
             Ok(None) => {
                 tracing::error!(delivery = %job.delivery_id, "event body missing from the store");
                 let reason = "event body missing from the store";
-                let _ = deps.store.kill(&job.delivery_id, reason, now_ms()).await;
-                m.dead.inc();
-                m.dead_letters.inc();
-                m.pending.dec();
+                if let Ok(true) = deps.store.kill(&job.delivery_id, reason, now_ms()).await {
+                    m.dead.inc();
+                    m.dead_letters.inc();
+                    m.pending.dec();
+                }
                 return AttemptDone {
-                    healthy: true,
+                    healthy: None,
                     retry: None,
                 };
             }
@@ -265,7 +277,7 @@ async fn attempt(
                 tracing::warn!(delivery = %job.delivery_id, error = %e, "cannot read body; retrying in 1s");
                 job.due_ms = now_ms() + 1000;
                 return AttemptDone {
-                    healthy: true,
+                    healthy: None,
                     retry: Some(job),
                 };
             }
@@ -314,15 +326,26 @@ async fn attempt(
         },
         next: next.clone(),
     };
-    if let Err(e) = deps.store.record_attempt(update).await {
-        // The in-memory schedule goes on; after a restart the store's older
-        // state is resumed, so at worst an attempt is repeated.
-        tracing::error!(delivery = %job.delivery_id, error = %e, "cannot persist attempt result");
-    }
-    let healthy = match result.status {
+    let healthy = Some(match result.status {
         Some(s) => !(s.is_server_error() || s.as_u16() == 429),
         None => false,
-    };
+    });
+    match deps.store.record_attempt(update).await {
+        Ok(true) => {}
+        Ok(false) => {
+            // No longer pending (its subscriber was removed meanwhile and the
+            // delivery made a dead letter): the result is not ours to count.
+            return AttemptDone {
+                healthy,
+                retry: None,
+            };
+        }
+        Err(e) => {
+            // The in-memory schedule goes on; after a restart the store's
+            // older state is resumed, so at worst an attempt is repeated.
+            tracing::error!(delivery = %job.delivery_id, error = %e, "cannot persist attempt result");
+        }
+    }
     match next {
         Next::Retry { due_ms } => {
             job.attempts = number;

@@ -21,7 +21,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::{Runtime, Subscriber};
 use crate::metrics::{Metrics, SubscriberMetrics};
-use crate::store::{DeliveryRecord, Store};
+use crate::store::{now_ms, DeliveryRecord, Store};
 use client::DeliveryClient;
 use lane::{Job, Lane, LaneDeps, LaneMsg, LaneStats};
 
@@ -110,6 +110,8 @@ impl Dispatcher {
     /// updates changed ones, stops removed ones. Returns the (route,
     /// subscriber) pairs removed.
     pub fn sync(&self, runtime: &Runtime) -> Vec<(String, String)> {
+        // CA files are read again: a reload may point at new contents.
+        self.ca_clients.write().expect("client map").clear();
         let mut lanes = self.lanes.write().expect("lane map");
         let mut wanted = HashMap::new();
         for subscriber in runtime.subscribers() {
@@ -132,7 +134,8 @@ impl Dispatcher {
             if let Some(handle) = lanes.get_mut(&key) {
                 if !Arc::ptr_eq(&handle.subscriber, &subscriber) {
                     handle.subscriber = subscriber.clone();
-                    let _ = handle.tx.send(LaneMsg::Update(subscriber));
+                    let client = Box::new(self.client_for(&subscriber));
+                    let _ = handle.tx.send(LaneMsg::Update(subscriber, client));
                 }
                 continue;
             }
@@ -179,8 +182,10 @@ impl Dispatcher {
         }
     }
 
-    /// Schedules the deliveries of a just-committed event, due now.
-    pub fn enqueue_new(
+    /// Schedules the deliveries of a just-committed event, due now. A
+    /// delivery whose subscriber was removed by a reload after the request
+    /// began becomes a dead letter ("subscriber removed").
+    pub async fn enqueue_new(
         &self,
         event_id: &str,
         seq: u64,
@@ -189,8 +194,9 @@ impl Dispatcher {
         subscribers: &[Arc<Subscriber>],
     ) {
         for subscriber in subscribers {
+            let delivery_id = DeliveryRecord::id_for(event_id, &subscriber.name);
             let job = Job {
-                delivery_id: DeliveryRecord::id_for(event_id, &subscriber.name),
+                delivery_id: delivery_id.clone(),
                 event_id: event_id.to_string(),
                 seq,
                 attempts: 0,
@@ -199,7 +205,35 @@ impl Dispatcher {
                 received_ms,
                 body: Some(body.clone()),
             };
-            self.send(&(subscriber.route.clone(), subscriber.name.clone()), job);
+            if !self.send(&(subscriber.route.clone(), subscriber.name.clone()), job) {
+                self.orphan(&delivery_id, &subscriber.route, &subscriber.name, false)
+                    .await;
+            }
+        }
+    }
+
+    /// A pending delivery whose subscriber no longer exists becomes a dead
+    /// letter with the reason "subscriber removed". `was_queued` says
+    /// whether a lane held it (and so counted it as pending).
+    pub async fn orphan(&self, delivery_id: &str, route: &str, subscriber: &str, was_queued: bool) {
+        let store = &self.deps.store;
+        match store
+            .kill(delivery_id, "subscriber removed", now_ms())
+            .await
+        {
+            Ok(true) => {
+                let m = &self.deps.metrics;
+                m.dead_letters.with_label_values(&[route, subscriber]).inc();
+                if was_queued {
+                    m.pending.with_label_values(&[route, subscriber]).dec();
+                }
+            }
+            Ok(false) => {}
+            Err(e) => tracing::error!(
+                delivery = delivery_id,
+                error = %e,
+                "cannot mark a delivery of a removed subscriber dead"
+            ),
         }
     }
 

@@ -12,7 +12,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -46,6 +46,8 @@ pub struct Limits {
     pub max_connections: usize,
     /// How long open requests may run on after shutdown begins.
     pub grace: Duration,
+    /// A connection with no request in flight for this long is closed.
+    pub idle_timeout: Duration,
 }
 
 /// Serves `listener` until `shutdown`, then drains within `limits.grace`.
@@ -117,12 +119,16 @@ async fn serve_connection(
     shutdown: CancellationToken,
 ) {
     let deadline = tokio::time::Instant::now() + limits.header_read_timeout;
-    let first_request = Arc::new(AtomicBool::new(false));
-    let seen = first_request.clone();
+    let activity = Arc::new(Activity::default());
+    let seen = activity.clone();
     let service = hyper::service::service_fn(move |request: Request<Incoming>| {
-        seen.store(true, Ordering::Relaxed);
+        let busy = Busy::start(seen.clone());
         let answer = handler(peer, request);
-        async move { Ok::<_, Infallible>(answer.await) }
+        async move {
+            let response = answer.await;
+            drop(busy);
+            Ok::<_, Infallible>(response)
+        }
     });
     match tls {
         None => {
@@ -131,7 +137,8 @@ async fn serve_connection(
                 builder,
                 service,
                 deadline,
-                &first_request,
+                limits.idle_timeout,
+                &activity,
                 &shutdown,
             )
             .await
@@ -146,7 +153,8 @@ async fn serve_connection(
                         builder,
                         service,
                         deadline,
-                        &first_request,
+                        limits.idle_timeout,
+                        &activity,
                         &shutdown,
                     )
                     .await
@@ -158,12 +166,57 @@ async fn serve_connection(
     }
 }
 
+/// What a connection is doing, for its first-request deadline and its
+/// idle timeout.
+#[derive(Default)]
+struct Activity {
+    /// Requests whose answer is not written yet.
+    in_flight: AtomicUsize,
+    /// Whether any request head arrived.
+    started: AtomicBool,
+    /// When the last answer finished (epoch: the process's first call).
+    last_done_ms: AtomicU64,
+    /// Wakes the connection's supervisor when a request starts or ends.
+    changed: tokio::sync::Notify,
+}
+
+/// Counts a request in flight while it lives.
+struct Busy(Arc<Activity>);
+
+impl Busy {
+    fn start(activity: Arc<Activity>) -> Self {
+        activity.started.store(true, Ordering::Relaxed);
+        activity.in_flight.fetch_add(1, Ordering::Relaxed);
+        activity.changed.notify_one();
+        Busy(activity)
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.last_done_ms.store(clock_ms(), Ordering::Relaxed);
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.0.changed.notify_one();
+    }
+}
+
+/// Milliseconds on a monotonic clock local to this process.
+fn clock_ms() -> u64 {
+    static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    EPOCH
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_millis() as u64
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn drive<IO, S>(
     io: IO,
     builder: &auto::Builder<TokioExecutor>,
     service: S,
     deadline: tokio::time::Instant,
-    first_request: &AtomicBool,
+    idle_timeout: Duration,
+    activity: &Activity,
     shutdown: &CancellationToken,
 ) where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
@@ -180,6 +233,16 @@ async fn drive<IO, S>(
     tokio::pin!(connection);
     let mut draining = false;
     loop {
+        // An open connection with no request in flight for `idle_timeout`
+        // is closed (gracefully): an idle HTTP/2 connection would otherwise
+        // hold a `max_connections` slot forever.
+        let idle_since = activity.last_done_ms.load(Ordering::Relaxed);
+        let idle_left = Duration::from_millis(
+            (idle_since + idle_timeout.as_millis() as u64).saturating_sub(clock_ms()),
+        );
+        let idle = activity.started.load(Ordering::Relaxed)
+            && activity.in_flight.load(Ordering::Relaxed) == 0
+            && !draining;
         tokio::select! {
             result = connection.as_mut() => {
                 if let Err(e) = result {
@@ -190,9 +253,22 @@ async fn drive<IO, S>(
             // A client that never completes its first request head is cut
             // off (covers the protocol sniffing that precedes hyper's own
             // header timeout).
-            _ = tokio::time::sleep_until(deadline), if !first_request.load(Ordering::Relaxed) => {
-                tracing::debug!("no complete request head in time; closing");
-                return;
+            _ = tokio::time::sleep_until(deadline), if !activity.started.load(Ordering::Relaxed) => {
+                if !activity.started.load(Ordering::Relaxed) {
+                    tracing::debug!("no complete request head in time; closing");
+                    return;
+                }
+            }
+            // A request started or ended: recompute the timers above.
+            _ = activity.changed.notified() => {}
+            _ = tokio::time::sleep(idle_left), if idle => {
+                let quiet = activity.in_flight.load(Ordering::Relaxed) == 0
+                    && activity.last_done_ms.load(Ordering::Relaxed) == idle_since;
+                if quiet {
+                    tracing::debug!("connection idle; closing");
+                    draining = true;
+                    connection.as_mut().graceful_shutdown();
+                }
             }
             _ = shutdown.cancelled(), if !draining => {
                 draining = true;

@@ -153,22 +153,29 @@ impl Intake {
             body: body.clone(),
             subscribers: subscribers.iter().map(|s| s.name.clone()).collect(),
         };
-        let outcome = self.store.append(event).await?;
-        guard.commit(received_ms);
-        match outcome {
-            AppendOutcome::Accepted { seq } => {
-                self.dispatcher
-                    .enqueue_new(&event_id, seq, received_ms, &body, &subscribers);
-                Ok(Accepted {
-                    event_id,
-                    duplicate: false,
-                })
+        // Commit and hand over to the lanes in a task of its own: if the
+        // sender hangs up while we wait, the request future is dropped, but
+        // an event that commits must still reach its lanes.
+        let store = self.store.clone();
+        let dispatcher = self.dispatcher.clone();
+        let id = event_id.clone();
+        let committed = tokio::spawn(async move {
+            let outcome = store.append(event).await?;
+            if let AppendOutcome::Accepted { seq } = outcome {
+                dispatcher
+                    .enqueue_new(&id, seq, received_ms, &body, &subscribers)
+                    .await;
             }
-            AppendOutcome::Duplicate => Ok(Accepted {
-                event_id,
-                duplicate: true,
-            }),
-        }
+            Ok::<_, StoreError>(outcome)
+        });
+        let outcome = committed
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("intake task failed: {e}")))??;
+        guard.commit(received_ms);
+        Ok(Accepted {
+            event_id,
+            duplicate: outcome == AppendOutcome::Duplicate,
+        })
     }
 }
 

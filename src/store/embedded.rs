@@ -74,7 +74,6 @@ enum Op {
 /// What a change produced.
 enum Done {
     Append(AppendOutcome),
-    Unit,
     Records(Vec<DeliveryRecord>),
     Flag(bool),
     Count(usize),
@@ -93,6 +92,10 @@ struct Handle {
     path: PathBuf,
     cache_bytes: usize,
     current: RwLock<Option<Arc<Database>>>,
+    /// Held (shared) by every read for the life of its read transaction,
+    /// and (exclusively) by a reopen: an open read transaction keeps the
+    /// file lock, so the file can only be reopened once none is left.
+    readers: RwLock<()>,
 }
 
 impl Handle {
@@ -108,16 +111,9 @@ impl Handle {
 
     /// Closes the database and opens it again (redb repairs it if needed).
     fn reopen(&self) -> Result<(), StoreError> {
-        let old = self.current.write().expect("store handle lock").take();
-        if let Some(old) = old {
-            // Wait (briefly) for in-progress reads to drop their clones so the
-            // file lock is released.
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while Arc::strong_count(&old) > 1 && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            drop(old);
-        }
+        // Wait for reads in progress to end; new ones wait for the reopen.
+        let _no_readers = self.readers.write().expect("store readers lock");
+        drop(self.current.write().expect("store handle lock").take());
         let db = open_database(&self.path, self.cache_bytes)?;
         *self.current.write().expect("store handle lock") = Some(Arc::new(db));
         tracing::warn!(path = %self.path.display(), "store reopened after an error");
@@ -208,6 +204,7 @@ impl EmbeddedStore {
             current: RwLock::new(Some(Arc::new(open_database(&path, cache_bytes)?))),
             path: path.clone(),
             cache_bytes,
+            readers: RwLock::new(()),
         });
         let (tx, rx) = mpsc::channel(max_batch.max(64) * 4);
         let writer_db = db.clone();
@@ -253,6 +250,7 @@ impl EmbeddedStore {
     ) -> Result<T, StoreError> {
         let db = self.db.clone();
         tokio::task::spawn_blocking(move || {
+            let _reading = db.readers.read().expect("store readers lock");
             let txn = db.get()?.begin_read().map_err(backend)?;
             f(&txn)
         })
@@ -338,7 +336,7 @@ fn apply_batch(
         for request in batch.iter_mut() {
             let result = match &mut request.op {
                 Op::Append(event) => t.append(event).map(Done::Append),
-                Op::Attempt(update) => t.attempt(update).map(|_| Done::Unit),
+                Op::Attempt(update) => t.attempt(update).map(Done::Flag),
                 Op::Replay(selector, now) => t.replay(selector, *now).map(Done::Records),
                 Op::Kill(id, reason, now) => t.kill(id, reason, *now).map(Done::Flag),
                 Op::Delete(id) => t.delete_dead(id).map(Done::Flag),
@@ -516,13 +514,13 @@ impl<'t> Tables<'t> {
         Ok(AppendOutcome::Accepted { seq })
     }
 
-    fn attempt(&mut self, update: &AttemptUpdate) -> Result<(), StoreError> {
+    fn attempt(&mut self, update: &AttemptUpdate) -> Result<bool, StoreError> {
         let Some(mut record) = self.delivery(update.seq, &update.subscriber)? else {
-            return Ok(());
+            return Ok(false);
         };
         if record.state != DeliveryState::Pending {
-            // Killed or replayed meanwhile: the attempt's result is history only.
-            return Ok(());
+            // Made a dead letter meanwhile (subscriber removed): ignored.
+            return Ok(false);
         }
         let seq = record.seq;
         self.due
@@ -555,7 +553,8 @@ impl<'t> Tables<'t> {
                     .map_err(backend)?;
             }
         }
-        self.put_delivery(&record)
+        self.put_delivery(&record)?;
+        Ok(true)
     }
 
     fn replay(
@@ -566,7 +565,9 @@ impl<'t> Tables<'t> {
         let mut records = Vec::new();
         match selector {
             ReplaySelector::Ids(ids) => {
-                for id in ids {
+                // Each id once, even if the request repeats one.
+                let mut seen = std::collections::HashSet::new();
+                for id in ids.iter().filter(|id| seen.insert(id.as_str())) {
                     if let Some(record) = self.delivery_by_id(id)? {
                         records.push(record);
                     }
@@ -740,8 +741,11 @@ impl Store for EmbeddedStore {
         }
     }
 
-    async fn record_attempt(&self, update: AttemptUpdate) -> Result<(), StoreError> {
-        self.submit(Op::Attempt(update)).await.map(|_| ())
+    async fn record_attempt(&self, update: AttemptUpdate) -> Result<bool, StoreError> {
+        match self.submit(Op::Attempt(update)).await? {
+            Done::Flag(applied) => Ok(applied),
+            _ => unreachable!("an attempt answers with a flag"),
+        }
     }
 
     async fn pending(&self) -> Result<Vec<DeliveryRecord>, StoreError> {

@@ -247,8 +247,10 @@ pub struct StoreStats {
 pub trait Store: Send + Sync + 'static {
     /// Writes an event and its deliveries, or reports it as a duplicate.
     async fn append(&self, event: NewEvent) -> Result<AppendOutcome, StoreError>;
-    /// Records an attempt and the delivery's next state.
-    async fn record_attempt(&self, update: AttemptUpdate) -> Result<(), StoreError>;
+    /// Records an attempt and the delivery's next state; false when the
+    /// delivery was no longer pending (made a dead letter meanwhile), in
+    /// which case nothing changes.
+    async fn record_attempt(&self, update: AttemptUpdate) -> Result<bool, StoreError>;
     /// Every pending delivery (for the dispatcher at start), by due time.
     async fn pending(&self) -> Result<Vec<DeliveryRecord>, StoreError>;
     /// An event's body.
