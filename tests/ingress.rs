@@ -167,10 +167,7 @@ async fn oversized_chunked_body_gets_413_before_it_is_all_sent() {
     let gw = TestGateway::start(&config(&sink, ""), Some(&pki)).await;
     // A raw HTTP/1.1 request with chunked encoding and no Content-Length:
     // the limit must be enforced while reading.
-    let connector =
-        tokio_rustls::TlsConnector::from(std::sync::Arc::new(pki.client_config(&[b"http/1.1"])));
-    let tcp = tokio::net::TcpStream::connect(gw.ingress).await.unwrap();
-    let mut tls = connector.connect(localhost(), tcp).await.unwrap();
+    let mut tls = tls_connect(&pki, gw.ingress, b"http/1.1").await;
     let head = format!(
         "POST /hooks/muapi HTTP/1.1\r\nhost: localhost\r\nauthorization: Bearer {TOKEN}\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n"
     );
@@ -376,28 +373,11 @@ async fn an_idle_http2_connection_is_closed_after_idle_timeout() {
         "header_read_timeout: 5s\n  idle_timeout: 500ms",
     );
     let gw = TestGateway::start(&yaml, Some(&pki)).await;
-    let connector =
-        tokio_rustls::TlsConnector::from(std::sync::Arc::new(pki.client_config(&[b"h2"])));
-    let tcp = tokio::net::TcpStream::connect(gw.ingress).await.unwrap();
-    let tls = connector.connect(localhost(), tcp).await.unwrap();
-    let (mut sender, connection) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(tls),
-    )
-    .await
-    .unwrap();
-    let driver = tokio::spawn(connection);
-    let request = http::Request::post(format!(
-        "https://localhost:{}/hooks/muapi",
-        gw.ingress.port()
-    ))
-    .header("authorization", format!("Bearer {TOKEN}"))
-    .body(http_body_util::Full::new(bytes::Bytes::from(muapi_body(
-        "idle-h2",
-        "completed",
-    ))))
-    .unwrap();
-    let response = sender.send_request(request).await.unwrap();
+    let (mut sender, driver) = h2_connection(&pki, gw.ingress).await;
+    let response = sender
+        .send_request(muapi_request(gw.ingress, TOKEN, "idle-h2"))
+        .await
+        .unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     drop(response);
     let started = Instant::now();
@@ -423,29 +403,10 @@ async fn a_busy_http2_connection_outlives_the_first_request_deadline() {
     // header_read_timeout 500ms bounds only the first request head; an
     // HTTP/2 connection in use stays open past it.
     let gw = TestGateway::start(&config(&sink, ""), Some(&pki)).await;
-    let connector =
-        tokio_rustls::TlsConnector::from(std::sync::Arc::new(pki.client_config(&[b"h2"])));
-    let tcp = tokio::net::TcpStream::connect(gw.ingress).await.unwrap();
-    let tls = connector.connect(localhost(), tcp).await.unwrap();
-    let (mut sender, connection) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(tls),
-    )
-    .await
-    .unwrap();
-    tokio::spawn(connection);
+    let (mut sender, _driver) = h2_connection(&pki, gw.ingress).await;
     let started = Instant::now();
     for i in 0..4 {
-        let request = http::Request::post(format!(
-            "https://localhost:{}/hooks/muapi",
-            gw.ingress.port()
-        ))
-        .header("authorization", format!("Bearer {TOKEN}"))
-        .body(http_body_util::Full::new(bytes::Bytes::from(muapi_body(
-            &format!("long-h2-{i}"),
-            "completed",
-        ))))
-        .unwrap();
+        let request = muapi_request(gw.ingress, TOKEN, &format!("long-h2-{i}"));
         let response = sender
             .send_request(request)
             .await

@@ -488,10 +488,7 @@ async fn half_request(
     token: &str,
     body: &str,
 ) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
-    let connector =
-        tokio_rustls::TlsConnector::from(std::sync::Arc::new(pki.client_config(&[b"http/1.1"])));
-    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let mut tls = connector.connect(localhost(), tcp).await.unwrap();
+    let mut tls = tls_connect(pki, addr, b"http/1.1").await;
     let head = format!(
         "POST /hooks/muapi HTTP/1.1\r\nhost: localhost\r\nauthorization: Bearer {token}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
         body.len()

@@ -562,6 +562,42 @@ pub fn expected_signature(secret_b64: &str, id: &str, timestamp: &str, body: &[u
     )
 }
 
+/// A raw TLS connection to `addr` trusting `pki`, offering only `alpn`.
+pub async fn tls_connect(
+    pki: &Pki,
+    addr: SocketAddr,
+    alpn: &[u8],
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(pki.client_config(&[alpn])));
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    connector.connect(localhost(), tcp).await.unwrap()
+}
+
+/// One HTTP/2 connection (not pooled): its sender and its driver task,
+/// which ends when the connection closes.
+pub async fn h2_connection(
+    pki: &Pki,
+    addr: SocketAddr,
+) -> (
+    hyper::client::conn::http2::SendRequest<Full<Bytes>>,
+    tokio::task::JoinHandle<Result<(), hyper::Error>>,
+) {
+    let tls = tls_connect(pki, addr, b"h2").await;
+    let (sender, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+            .await
+            .unwrap();
+    (sender, tokio::spawn(connection))
+}
+
+/// A muapi callback POST for a raw connection.
+pub fn muapi_request(addr: SocketAddr, token: &str, id: &str) -> Request<Full<Bytes>> {
+    Request::post(format!("https://localhost:{}/hooks/muapi", addr.port()))
+        .header("authorization", format!("Bearer {token}"))
+        .body(Full::new(Bytes::from(muapi_body(id, "completed"))))
+        .unwrap()
+}
+
 /// A server name for raw TLS connections in tests.
 pub fn localhost() -> ServerName<'static> {
     ServerName::try_from("localhost").unwrap()
