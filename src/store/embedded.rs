@@ -288,12 +288,15 @@ fn writer_loop(
         }
         let started = Instant::now();
         let size = batch.len();
+        // The first sequence number this batch hands out (known once its
+        // transaction began): events at or above it were written by it.
+        let mut first_seq = None;
         let applied = match db.get() {
-            Ok(database) => apply_batch(&database, &mut batch),
+            Ok(database) => apply_batch(&database, &mut batch, &mut first_seq),
             // A previous reopen failed: try again before giving up on this batch.
             Err(_) => db.reopen().and_then(|_| {
                 let database = db.get()?;
-                apply_batch(&database, &mut batch)
+                apply_batch(&database, &mut batch, &mut first_seq)
             }),
         };
         match applied {
@@ -306,20 +309,42 @@ fn writer_loop(
                 }
             }
             Err(e) => {
-                tracing::error!(error = %e, batch = size, "store commit failed; answering 503");
-                for request in batch.drain(..) {
-                    let _ = request
-                        .reply
-                        .send(Err(StoreError::Unavailable(e.to_string())));
-                }
+                tracing::error!(error = %e, batch = size, "store commit failed");
                 // redb refuses all work after an I/O error until reopened.
-                if let Err(e) = db.reopen() {
+                let reopened = db.reopen();
+                if let Err(e) = &reopened {
                     tracing::error!(error = %e, "cannot reopen the store; will retry on the next write");
+                }
+                for request in batch.drain(..) {
+                    // A commit can fail after its data reached the disk: an
+                    // event found in the reopened store was committed, and
+                    // its sender must hear so (a 503 would make its retry a
+                    // `duplicate` whose deliveries no lane was given).
+                    let durable = match (&reopened, &request.op, first_seq) {
+                        (Ok(()), Op::Append(event), Some(first)) => {
+                            committed_seq(&db, &event.event_id).filter(|seq| *seq >= first)
+                        }
+                        _ => None,
+                    };
+                    let answer = match durable {
+                        Some(seq) => Ok(Done::Append(AppendOutcome::Accepted { seq })),
+                        None => Err(StoreError::Unavailable(e.to_string())),
+                    };
+                    let _ = request.reply.send(answer);
                 }
             }
         }
     }
     tracing::debug!("store writer stopped");
+}
+
+/// The sequence number of a stored event, if the store holds it.
+fn committed_seq(db: &Handle, event_id: &str) -> Option<u64> {
+    let _reading = db.readers.read().ok()?;
+    let txn = db.get().ok()?.begin_read().ok()?;
+    let ids = txn.open_table(IDS).ok()?;
+    let found = ids.get(event_id).ok()??;
+    Some(found.value().0)
 }
 
 /// Applies every request in one transaction. A per-request problem (a
@@ -328,11 +353,13 @@ fn writer_loop(
 fn apply_batch(
     db: &Database,
     batch: &mut [Request],
+    first_seq: &mut Option<u64>,
 ) -> Result<Vec<Result<Done, StoreError>>, StoreError> {
     let txn = db.begin_write().map_err(backend)?;
     let mut results = Vec::with_capacity(batch.len());
     {
         let mut t = Tables::open(&txn)?;
+        *first_seq = Some(t.next_seq);
         for request in batch.iter_mut() {
             let result = match &mut request.op {
                 Op::Append(event) => t.append(event).map(Done::Append),
