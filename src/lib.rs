@@ -18,6 +18,7 @@ pub mod gateway;
 pub mod ingress;
 pub mod intake;
 pub mod metrics;
+pub mod pem;
 pub mod signing;
 pub mod store;
 

@@ -17,7 +17,6 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
-use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::CertificateDer;
 
 use crate::config::Subscriber;
@@ -37,18 +36,10 @@ pub enum ClientError {
 
 /// Reads every certificate from a PEM file (at least one).
 pub fn load_ca_file(path: &Path) -> Result<Vec<CertificateDer<'static>>, ClientError> {
-    let fail = |reason: String| ClientError::CaFile {
+    crate::pem::certificates(path).map_err(|reason| ClientError::CaFile {
         path: path.display().to_string(),
         reason,
-    };
-    let certs: Vec<_> = CertificateDer::pem_file_iter(path)
-        .map_err(|e| fail(e.to_string()))?
-        .collect::<Result<_, _>>()
-        .map_err(|e| fail(e.to_string()))?;
-    if certs.is_empty() {
-        return Err(fail("no certificate in the file".into()));
-    }
-    Ok(certs)
+    })
 }
 
 /// How an attempt ended, classified for retries, breaker and metrics.

@@ -41,17 +41,10 @@ pub fn load_pem_files(
     cert: &Path,
     key: &Path,
 ) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), TlsError> {
-    let cert_err = |reason: String| TlsError::Cert {
+    let chain = crate::pem::certificates(cert).map_err(|reason| TlsError::Cert {
         path: cert.display().to_string(),
         reason,
-    };
-    let chain: Vec<_> = CertificateDer::pem_file_iter(cert)
-        .map_err(|e| cert_err(e.to_string()))?
-        .collect::<Result<_, _>>()
-        .map_err(|e| cert_err(e.to_string()))?;
-    if chain.is_empty() {
-        return Err(cert_err("no certificate found in the file".into()));
-    }
+    })?;
     let key = PrivateKeyDer::from_pem_file(key).map_err(|e| TlsError::Key {
         path: key.display().to_string(),
         reason: e.to_string(),
