@@ -129,9 +129,14 @@ fn client(pki: &Pki, proto: Proto) -> HttpsClient {
     let builder = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls)
         .https_only();
+    // TCP_NODELAY: an HTTP/2 request is a HEADERS and a DATA frame; with
+    // Nagle on, the second waits for the peer's delayed ACK (~40 ms).
+    let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
+    http.set_nodelay(true);
+    http.enforce_http(false);
     let connector = match proto {
-        Proto::H1 => builder.enable_http1().build(),
-        Proto::H2 => builder.enable_http2().build(),
+        Proto::H1 => builder.enable_http1().wrap_connector(http),
+        Proto::H2 => builder.enable_http2().wrap_connector(http),
     };
     let mut b = Client::builder(TokioExecutor::new());
     b.pool_max_idle_per_host(1);
