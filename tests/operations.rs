@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use http::StatusCode;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
 const TOKEN: &str = "ops-token-0123456789";
 const ADMIN: &str = "Bearer admin-secret-token";
@@ -225,8 +225,18 @@ async fn metrics_count_every_outcome_and_parse_and_survive_restart() {
     restarted.shutdown().await;
 }
 
-#[tokio::test]
-async fn admin_api_endpoints_with_and_without_token_and_replay() {
+/// A gateway whose `dying` subscriber answers 410, after one callback
+/// (task `id`) made a dead letter there; `app` got it.
+struct OneDeadLetter {
+    app: Sink,
+    dying: Sink,
+    gw: TestGateway,
+    client: TestClient,
+    admin: TestClient,
+    event_id: String,
+}
+
+async fn one_dead_letter(id: &str) -> OneDeadLetter {
     let app = Sink::start().await;
     let dying = Sink::start().await;
     dying.set_default(Reply::Status(410, vec![]));
@@ -234,9 +244,30 @@ async fn admin_api_endpoints_with_and_without_token_and_replay() {
     let client = TestClient::plain(gw.ingress);
     let admin = TestClient::plain(gw.admin);
     let accepted = client
-        .post("/hooks/muapi", TOKEN, &muapi_body("admin-1", "completed"))
+        .post("/hooks/muapi", TOKEN, &muapi_body(id, "completed"))
         .await;
     let event_id = accepted.body["event_id"].as_str().unwrap().to_string();
+    wait_dead(&admin, 1).await;
+    OneDeadLetter {
+        app,
+        dying,
+        gw,
+        client,
+        admin,
+        event_id,
+    }
+}
+
+#[tokio::test]
+async fn admin_api_endpoints_with_and_without_token_and_replay() {
+    let OneDeadLetter {
+        app: _app,
+        dying,
+        gw,
+        client,
+        admin,
+        event_id,
+    } = one_dead_letter("admin-1").await;
     let letters = wait_dead(&admin, 1).await;
     let dead_id = letters["dead_letters"][0]["id"]
         .as_str()
@@ -505,21 +536,7 @@ async fn finish_request(
 ) -> String {
     tls.write_all(&body.as_bytes()[10..]).await.unwrap();
     tls.flush().await.unwrap();
-    let mut answer = Vec::new();
-    let mut buf = [0u8; 2048];
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !String::from_utf8_lossy(&answer).contains("}") {
-        assert!(Instant::now() < deadline, "no answer");
-        let n = tokio::time::timeout(Duration::from_secs(10), tls.read(&mut buf))
-            .await
-            .unwrap()
-            .unwrap();
-        if n == 0 {
-            break;
-        }
-        answer.extend_from_slice(&buf[..n]);
-    }
-    String::from_utf8_lossy(&answer).to_string()
+    read_answer(&mut tls, "}").await
 }
 
 #[tokio::test]
@@ -720,17 +737,13 @@ async fn readyz_is_503_while_draining_and_open_requests_finish() {
 
 #[tokio::test]
 async fn dead_letters_cli_lists_and_replays_through_the_admin_api() {
-    let app = Sink::start().await;
-    let dying = Sink::start().await;
-    dying.set_default(Reply::Status(410, vec![]));
-    let gw = TestGateway::start(&config(&app, &dying, true), None).await;
-    let client = TestClient::plain(gw.ingress);
-    let admin = TestClient::plain(gw.admin);
-    let accepted = client
-        .post("/hooks/muapi", TOKEN, &muapi_body("cli-1", "completed"))
-        .await;
-    let event_id = accepted.body["event_id"].as_str().unwrap().to_string();
-    wait_dead(&admin, 1).await;
+    let OneDeadLetter {
+        app: _app,
+        dying,
+        gw,
+        event_id,
+        ..
+    } = one_dead_letter("cli-1").await;
     let url = format!("http://{}", gw.admin);
     let cli = |args: &[&str]| {
         let mut command = tokio::process::Command::new(BIN);

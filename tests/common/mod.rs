@@ -598,6 +598,27 @@ pub fn muapi_request(addr: SocketAddr, token: &str, id: &str) -> Request<Full<By
         .unwrap()
 }
 
+/// Reads a raw HTTP answer until `until` appears in it, or the peer
+/// closes, bounded by a deadline.
+pub async fn read_answer<S: tokio::io::AsyncRead + Unpin>(stream: &mut S, until: &str) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 2048];
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !String::from_utf8_lossy(&answer).contains(until) {
+        assert!(Instant::now() < deadline, "no answer in time");
+        let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf))
+            .await
+            .expect("an answer in time")
+            .unwrap();
+        if n == 0 {
+            break;
+        }
+        answer.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8_lossy(&answer).to_string()
+}
+
 /// A server name for raw TLS connections in tests.
 pub fn localhost() -> ServerName<'static> {
     ServerName::try_from("localhost").unwrap()
