@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
+use redb::{Database, ReadableTable, TableDefinition};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
@@ -932,7 +932,6 @@ impl Store for EmbeddedStore {
 
     async fn stats(&self) -> Result<StoreStats, StoreError> {
         self.read(|txn| {
-            let ids = txn.open_table(IDS).map_err(backend)?;
             let dead = txn.open_table(DEAD).map_err(backend)?;
             let deliveries = Reader { txn }.deliveries()?;
             let mut per: std::collections::BTreeMap<(String, String), u64> = Default::default();
@@ -944,7 +943,6 @@ impl Store for EmbeddedStore {
                 }
             }
             Ok(StoreStats {
-                events: ids.len().map_err(backend)?,
                 dead: per.into_iter().collect(),
             })
         })

@@ -187,7 +187,8 @@ pub struct EventMeta {
     pub headers: Vec<(String, String)>,
     /// Subscribers with a delivery.
     pub subscribers: Vec<String>,
-    /// Deliveries not yet delivered (pending or dead).
+    /// Deliveries not yet delivered (pending or dead). The store's `open`
+    /// count is authoritative; this field is filled from it on every read.
     pub open: u32,
     /// Body size in bytes.
     pub body_len: u64,
@@ -233,8 +234,6 @@ pub struct PrunePolicy {
 /// Counts derived from the store at start, for gauges.
 #[derive(Debug, Clone, Default)]
 pub struct StoreStats {
-    /// Stored events (each holds an idempotency key).
-    pub events: u64,
     /// Dead letters per (route, subscriber).
     pub dead: Vec<((String, String), u64)>,
 }
