@@ -407,3 +407,49 @@ async fn a_full_disk_answers_503_with_retry_after_and_recovers() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+#[tokio::test]
+async fn sigterm_during_startup_is_a_clean_shutdown() {
+    use tokio::io::AsyncBufReadExt;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("hookrelay.yaml");
+    // A self-signed certificate: its warning is logged while the gateway is
+    // still starting, which tells the test when to send the signal.
+    std::fs::write(
+        &config,
+        format!(
+            "server:\n  listen: \"127.0.0.1:0\"\n  tls: {{ self_signed: [localhost] }}\nadmin:\n  listen: \"127.0.0.1:0\"\nstore:\n  path: \"{}\"\nlog: {{ format: json }}\nroutes:\n  - name: muapi\n    path: /hooks/muapi\n    source: muapi\n    auth: {{ tokens: [t] }}\n    subscribers: [{{ name: app, url: \"http://127.0.0.1:9/x\" }}]\n",
+            dir.path().join("data").display()
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(&config)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let pid = child.id().unwrap().to_string();
+    let mut signalled = false;
+    while let Ok(Ok(Some(line))) =
+        tokio::time::timeout(Duration::from_secs(20), lines.next_line()).await
+    {
+        if !signalled && line.contains("self-signed") {
+            // Mid-start: the signal must be queued, not kill the process.
+            std::process::Command::new("kill")
+                .args(["-TERM", &pid])
+                .status()
+                .unwrap();
+            signalled = true;
+        }
+    }
+    assert!(signalled, "the start-up warning never appeared");
+    let exit = tokio::time::timeout(Duration::from_secs(20), child.wait())
+        .await
+        .expect("exits after SIGTERM")
+        .unwrap();
+    assert_eq!(exit.code(), Some(0), "{exit:?}");
+}
