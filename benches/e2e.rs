@@ -631,16 +631,17 @@ async fn memory_with_keys(pki: &Pki, keys: usize) -> Value {
         for i in 0..keys {
             let key = format!("{}\ncompleted", task_id(7, i));
             let digest = hookrelay::intake::event_digest("muapi", &key);
-            use base64::Engine;
-            let event_id =
-                base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(digest.to_be_bytes());
             let event = NewEvent {
-                event_id,
+                id: hookrelay::store::EventId(digest),
                 route: route.clone(),
                 received_ms: now,
+                source_id: None,
+                status: Some("completed".into()),
+                origin: hookrelay::store::Origin::Callback,
                 headers: vec![],
                 body: body.clone(),
                 subscribers: vec![],
+                ttl_ms: 72 * 3600 * 1000,
             };
             let store = store.clone();
             pending.spawn(async move { store.append(event).await.unwrap() });

@@ -6,15 +6,13 @@
 
 use std::sync::Arc;
 
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine;
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
 use hookrelay::config::Filter;
 use hookrelay::intake::idempotency::{Claim, IdempotencyCache};
 use hookrelay::intake::{event_digest, muapi};
 use hookrelay::store::embedded::{EmbeddedOptions, EmbeddedStore};
-use hookrelay::store::{NewEvent, Store};
+use hookrelay::store::{EventId, NewEvent, Origin, Store};
 
 fn muapi_payload(id: &str) -> Vec<u8> {
     serde_json::json!({
@@ -136,9 +134,12 @@ fn group_commit(c: &mut Criterion) {
                             // the idempotency index sees random keys.
                             let digest = event_digest("muapi", &format!("task-{next}\ncompleted"));
                             NewEvent {
-                                event_id: URL_SAFE_NO_PAD.encode(digest.to_be_bytes()),
+                                id: EventId(digest),
                                 route: Arc::from("muapi"),
                                 received_ms: next,
+                                source_id: Some(format!("task-{next}")),
+                                status: Some("completed".into()),
+                                origin: Origin::Callback,
                                 headers: vec![("content-type".into(), "application/json".into())],
                                 body: body.clone(),
                                 subscribers: vec![
@@ -146,6 +147,7 @@ fn group_commit(c: &mut Criterion) {
                                     Arc::from("analytics"),
                                     Arc::from("notify"),
                                 ],
+                                ttl_ms: 72 * 3600 * 1000,
                             }
                         })
                         .collect::<Vec<_>>()

@@ -146,6 +146,9 @@ pub enum ApiError {
     /// A parameter or body is wrong; the message says which.
     #[error("{0}")]
     BadRequest(String),
+    /// The request conflicts with the running state; the message says how.
+    #[error("{0}")]
+    Conflict(String),
     /// The store failed.
     #[error("store error: {0}")]
     Store(#[from] StoreError),
@@ -163,6 +166,7 @@ impl ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::BadRequest(_) | ApiError::Reload(_) => StatusCode::BAD_REQUEST,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
         };
         let body = match &self {

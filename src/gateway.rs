@@ -1,10 +1,14 @@
 //! Wiring: builds every part from a [`Config`], runs them, reloads them and
 //! shuts them down in order.
 //!
-//! Shutdown order (one cancellation token from `main`): stop accepting and
-//! let open ingress requests finish; stop starting attempts; let attempts in
-//! flight finish within `shutdown_grace`; stop the admin listener; close the
-//! store (its writer finishes what is queued).
+//! Shutdown order (one cancellation token from `main`), within one
+//! `shutdown_grace`: readiness turns 503; the ingress stops accepting and
+//! lets open requests finish, cutting what is still open when the grace
+//! ends; commits in progress finish and hand their deliveries over; lanes
+//! stop starting attempts and release what they hold; attempts in flight
+//! finish (an unfinished one stays pending in the store); the admin
+//! listener closes; the store closes (its writer finishes its queue and the
+//! file is closed cleanly).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -17,13 +21,14 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::admin::{AdminState, ReloadFn};
 use crate::config::{Config, Problem, Runtime};
 use crate::delivery::Dispatcher;
-use crate::ingress::listener::{self, Limits, SharedTls};
+use crate::ingress::listener::{self, Limits, SharedLimits, SharedTls};
 use crate::ingress::service::IngressState;
 use crate::ingress::tls::{self, TlsError};
 use crate::intake::idempotency::IdempotencyCache;
-use crate::intake::{digest_of, Intake};
+use crate::intake::Intake;
 use crate::metrics::Metrics;
 use crate::store::embedded::{EmbeddedOptions, EmbeddedStore};
 use crate::store::{now_ms, PrunePolicy, Store, StoreError};
@@ -62,10 +67,12 @@ pub struct Shared {
     pub intake: Arc<Intake>,
     /// Metrics.
     pub metrics: Arc<Metrics>,
-    /// False until listeners are bound and pending work is loaded, and again once shutdown starts.
-    pub ready: AtomicBool,
+    /// False until listeners are bound, and again once shutdown starts.
+    pub ready: Arc<AtomicBool>,
     /// The ingress TLS config, swapped by reloads.
     tls: Option<SharedTls>,
+    /// The ingress listener's limits, swapped by reloads.
+    limits: SharedLimits,
     /// Serialises reloads.
     reload_lock: tokio::sync::Mutex<()>,
 }
@@ -82,79 +89,48 @@ pub struct Gateway {
     task: JoinHandle<()>,
 }
 
+/// The ingress listener's limits from a config.
+fn ingress_limits(config: &Config) -> Limits {
+    let server = &config.server;
+    Limits {
+        header_read_timeout: server.header_read_timeout,
+        max_connections: server.max_connections as usize,
+        grace: config.shutdown_grace,
+        idle_timeout: server.idle_timeout,
+    }
+}
+
+/// Opens the store the config names.
+fn open_store(config: &Config, metrics: &Arc<Metrics>) -> Result<Arc<dyn Store>, StoreError> {
+    let observer = {
+        let metrics = metrics.clone();
+        Arc::new(move |size: usize, took: Duration| {
+            metrics.commit_batch.observe(size as f64);
+            metrics.commit_duration.observe(took.as_secs_f64());
+        })
+    };
+    Ok(Arc::new(EmbeddedStore::open(
+        &config.store.path,
+        EmbeddedOptions {
+            max_batch: config.store.max_batch,
+            cache_bytes: config.store.cache_bytes,
+            observer: Some(observer),
+        },
+    )?))
+}
+
 impl Gateway {
-    /// Opens the store, loads pending deliveries, binds both listeners and
-    /// starts serving. Returns once the gateway is ready.
+    /// Opens the store, binds both listeners and starts serving; lanes
+    /// resume pending deliveries from the store as they start. Returns once
+    /// the gateway is ready.
     pub async fn start(config: Config) -> Result<Gateway, GatewayError> {
         let runtime = config.compile().map_err(GatewayError::Config)?;
         let metrics = Arc::new(Metrics::new());
         metrics.prime(&runtime);
-        let observer = {
-            let metrics = metrics.clone();
-            Arc::new(move |size: usize, took: Duration| {
-                metrics.commit_batch.observe(size as f64);
-                metrics.commit_duration.observe(took.as_secs_f64());
-            })
-        };
-        let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(
-            &config.store.path,
-            EmbeddedOptions {
-                max_batch: config.store.max_batch,
-                cache_bytes: config.store.cache_bytes,
-                observer: Some(observer),
-            },
-        )?);
         let tls = match &config.server.tls {
             Some(t) => Some(Arc::new(ArcSwap::new(tls::server_config(t)?))),
             None => None,
         };
-        let shutdown = CancellationToken::new();
-        let lanes_stop = CancellationToken::new();
-        let attempts = TaskTracker::new();
-        let dispatcher = Arc::new(Dispatcher::new(
-            store.clone(),
-            metrics.clone(),
-            attempts.clone(),
-            lanes_stop.clone(),
-        ));
-        dispatcher.sync(&runtime);
-
-        let cache = Arc::new(IdempotencyCache::new(
-            config.idempotency.ttl.as_millis() as u64,
-            config.idempotency.max_keys,
-        ));
-        let now = now_ms();
-        let since = now.saturating_sub(config.idempotency.ttl.as_millis() as u64);
-        for (event_id, at) in store
-            .recent_keys(since, config.idempotency.max_keys)
-            .await?
-        {
-            if let Some(digest) = digest_of(&event_id) {
-                cache.insert_committed(digest, at);
-            }
-        }
-        let stats = store.stats().await?;
-        for ((route, subscriber), count) in &stats.dead {
-            metrics
-                .dead_letters
-                .with_label_values(&[route, subscriber])
-                .set(*count as i64);
-        }
-        let mut resumed = 0;
-        for record in store.pending().await? {
-            if dispatcher.enqueue_record(&record) {
-                resumed += 1;
-            } else {
-                dispatcher
-                    .orphan(&record.id, &record.route, &record.subscriber, false)
-                    .await;
-            }
-        }
-        if resumed > 0 {
-            tracing::info!(resumed, "resumed pending deliveries from the store");
-        }
-
-        let intake = Arc::new(Intake::new(store.clone(), cache, dispatcher.clone()));
         let ingress = TcpListener::bind(config.server.listen)
             .await
             .map_err(|source| GatewayError::Bind {
@@ -169,29 +145,46 @@ impl Gateway {
             })?;
         let ingress_addr = ingress.local_addr().expect("bound socket has an address");
         let admin_addr = admin.local_addr().expect("bound socket has an address");
+        let store = open_store(&config, &metrics)?;
 
+        let shutdown = CancellationToken::new();
+        let lanes_stop = CancellationToken::new();
+        let abandon = CancellationToken::new();
+        let attempts = TaskTracker::new();
+        let dispatcher = Arc::new(Dispatcher::new(
+            store.clone(),
+            metrics.clone(),
+            attempts.clone(),
+            lanes_stop.clone(),
+            abandon.clone(),
+        ));
+        dispatcher.sync(&runtime);
+
+        let cache = Arc::new(IdempotencyCache::new(
+            millis(config.idempotency.ttl),
+            config.idempotency.max_keys,
+        ));
+        let intake = Arc::new(Intake::new(
+            store.clone(),
+            cache.clone(),
+            dispatcher.clone(),
+        ));
+        let limits: SharedLimits = Arc::new(ArcSwap::from_pointee(ingress_limits(&config)));
         let shared = Arc::new(Shared {
             runtime: Arc::new(ArcSwap::from_pointee(runtime)),
             store: store.clone(),
-            dispatcher,
+            dispatcher: dispatcher.clone(),
             intake: intake.clone(),
             metrics: metrics.clone(),
-            ready: AtomicBool::new(false),
+            ready: Arc::new(AtomicBool::new(false)),
             tls: tls.clone(),
+            limits: limits.clone(),
             reload_lock: tokio::sync::Mutex::new(()),
         });
 
-        let grace = config.shutdown_grace;
-        let server = &config.server;
-        let ingress_limits = Limits {
-            header_read_timeout: server.header_read_timeout,
-            max_connections: server.max_connections as usize,
-            grace,
-            idle_timeout: server.idle_timeout,
-        };
         let ingress_state = Arc::new(IngressState {
             runtime: shared.runtime.clone(),
-            intake,
+            intake: intake.clone(),
             metrics: metrics.clone(),
         });
         let ingress_handler: listener::Handler = Arc::new(move |peer, request| {
@@ -204,32 +197,49 @@ impl Gateway {
         let ingress_task = tokio::spawn(listener::serve(
             ingress,
             tls,
-            ingress_limits,
+            limits,
             ingress_handler,
             shutdown.clone(),
         ));
-        let admin_stop = CancellationToken::new();
-        let admin_shared = shared.clone();
-        let admin_handler: listener::Handler = Arc::new(move |_peer, request| {
-            Box::pin(crate::admin::handle(admin_shared.clone(), request))
+        let reload: ReloadFn = {
+            let weak = Arc::downgrade(&shared);
+            Arc::new(move || {
+                let weak = weak.clone();
+                Box::pin(async move {
+                    match weak.upgrade() {
+                        Some(shared) => shared.reload_from_file().await,
+                        None => Err(vec!["the gateway is shutting down".to_string()]),
+                    }
+                })
+            })
+        };
+        let admin_state = Arc::new(AdminState {
+            runtime: shared.runtime.clone(),
+            store: store.clone(),
+            dispatcher: dispatcher.clone(),
+            metrics: metrics.clone(),
+            cache,
+            ready: shared.ready.clone(),
+            reload,
         });
+        let admin_stop = CancellationToken::new();
+        let admin_handler: listener::Handler = Arc::new(move |_peer, request| {
+            Box::pin(crate::admin::handle(admin_state.clone(), request))
+        });
+        let admin_limits = Limits {
+            header_read_timeout: Duration::from_secs(10),
+            max_connections: 64,
+            grace: Duration::from_secs(1),
+            idle_timeout: Duration::from_secs(60),
+        };
         let admin_task = tokio::spawn(listener::serve(
             admin,
             None,
-            Limits {
-                header_read_timeout: Duration::from_secs(10),
-                max_connections: 64,
-                grace: Duration::from_secs(1),
-                idle_timeout: Duration::from_secs(60),
-            },
+            Arc::new(ArcSwap::from_pointee(admin_limits)),
             admin_handler,
             admin_stop.clone(),
         ));
-        let pruner = tokio::spawn(prune_loop(
-            shared.clone(),
-            config.clone(),
-            lanes_stop.clone(),
-        ));
+        let pruner = tokio::spawn(prune_loop(shared.clone(), lanes_stop.clone()));
 
         shared.ready.store(true, Ordering::SeqCst);
         tracing::info!(
@@ -243,13 +253,20 @@ impl Gateway {
         let supervisor_shutdown = shutdown.clone();
         let task = tokio::spawn(async move {
             supervisor_shutdown.cancelled().await;
-            // One grace period covers both draining requests and attempts.
+            let shared = supervisor_shared;
+            // One grace period (the one in force now) covers draining
+            // requests and attempts.
+            let grace = shared.runtime.load().config.shutdown_grace;
             let deadline = tokio::time::Instant::now() + grace;
-            supervisor_shared.ready.store(false, Ordering::SeqCst);
+            shared.ready.store(false, Ordering::SeqCst);
             tracing::info!("shutting down: draining open requests");
             let _ = ingress_task.await;
+            // Requests are gone; their commits finish and hand over (a
+            // delivery that finds no lane stays pending in the store).
+            shared.intake.drain().await;
             tracing::info!("ingress closed; letting attempts in flight finish");
             lanes_stop.cancel();
+            shared.dispatcher.stopped().await;
             attempts.close();
             if tokio::time::timeout_at(deadline, attempts.wait())
                 .await
@@ -258,10 +275,12 @@ impl Gateway {
                 tracing::warn!(
                     "attempts still running after shutdown_grace; they stay pending in the store"
                 );
+                abandon.cancel();
             }
             let _ = pruner.await;
             admin_stop.cancel();
             let _ = admin_task.await;
+            shared.store.close().await;
             tracing::info!("shutdown complete");
         });
 
@@ -296,11 +315,16 @@ impl Gateway {
     }
 }
 
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
 impl Shared {
-    /// Swaps routes, subscribers, tokens, secrets and the TLS certificate.
-    /// Requests in flight finish on the old config; an invalid config
-    /// changes nothing. Deliveries pending for a removed subscriber become
-    /// dead letters ("subscriber removed").
+    /// Swaps routes, subscribers, tokens, secrets, the TLS certificate and
+    /// every limit that can change live. Requests in flight finish on the old
+    /// config; an invalid config changes nothing. Pending deliveries of a
+    /// removed subscriber wait in the store (orphans) until it returns or an
+    /// operator resolves them.
     pub async fn reload(&self, config: Config) -> Result<(), Vec<Problem>> {
         let _one_at_a_time = self.reload_lock.lock().await;
         let result = self.try_reload(config).await;
@@ -361,16 +385,18 @@ impl Shared {
                 )])
             }
         };
+        let (o, n) = (&old.config, &config);
         for (key, changed) in [
+            ("server.listen", o.server.listen != n.server.listen),
+            ("admin.listen", o.admin.listen != n.admin.listen),
+            ("store.path", o.store.path != n.store.path),
+            ("store.max_batch", o.store.max_batch != n.store.max_batch),
             (
-                "server.listen",
-                old.config.server.listen != config.server.listen,
+                "store.cache_bytes",
+                o.store.cache_bytes != n.store.cache_bytes,
             ),
-            (
-                "admin.listen",
-                old.config.admin.listen != config.admin.listen,
-            ),
-            ("store.path", old.config.store.path != config.store.path),
+            ("log.format", o.log.format != n.log.format),
+            ("log.level", o.log.level != n.log.level),
         ] {
             if changed {
                 tracing::warn!(
@@ -382,61 +408,70 @@ impl Shared {
         if let (Some(shared), Some(new)) = (&self.tls, new_tls) {
             shared.store(new);
         }
+        // Live: connection limits and timeouts (new connections), the
+        // shutdown grace, the idempotency window and bound, retention (read
+        // by the pruner at its next run).
+        self.limits.store(Arc::new(ingress_limits(&config)));
+        self.intake
+            .cache()
+            .set_limits(millis(config.idempotency.ttl), config.idempotency.max_keys);
         let runtime = Arc::new(runtime);
         self.metrics.prime(&runtime);
         self.runtime.store(runtime.clone());
         let removed = self.dispatcher.sync(&runtime);
-        if !removed.is_empty() {
-            match self.store.pending().await {
-                Ok(pending) => {
-                    for record in pending {
-                        if removed
-                            .iter()
-                            .any(|(r, s)| r == &record.route && s == &record.subscriber)
-                        {
-                            // Counted as pending while its lane held it.
-                            self.dispatcher
-                                .orphan(&record.id, &record.route, &record.subscriber, true)
-                                .await;
-                        }
-                    }
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot list pending deliveries of removed subscribers")
-                }
-            }
+        for (route, subscriber) in removed {
+            tracing::warn!(
+                route,
+                subscriber,
+                "subscriber removed: its pending deliveries wait in the store as orphans \
+                 (see /api/v1/subscribers; resolve with POST /api/v1/orphans/resolve)"
+            );
         }
         Ok(())
     }
 }
 
-/// Expires idempotency keys and prunes delivered events: once a minute, or
-/// four times per keep window when that is shorter.
-async fn prune_loop(shared: Arc<Shared>, config: Config, stop: CancellationToken) {
-    let keep = config.idempotency.ttl.max(config.store.retention);
-    let period = (keep / 4).clamp(Duration::from_millis(100), Duration::from_secs(60));
-    let mut tick = tokio::time::interval(period);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+/// Prunes the store (expired dead letters, details past retention, keys
+/// past the idempotency window) and expires cached keys: once a minute, or
+/// four times per window when a window is shorter. Settings are read at
+/// every run, so a reload applies at the next one.
+async fn prune_loop(shared: Arc<Shared>, stop: CancellationToken) {
     loop {
+        let config = shared.runtime.load().config.clone();
+        let shortest = config
+            .idempotency
+            .ttl
+            .min(config.store.retention)
+            .max(Duration::from_millis(1));
+        let period = (shortest / 4).clamp(Duration::from_millis(100), Duration::from_secs(60));
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = tick.tick() => {}
+            _ = tokio::time::sleep(period) => {}
         }
         let now = now_ms();
         let expired = shared.intake.cache().expire(now);
+        let policy = PrunePolicy {
+            now_ms: now,
+            retention_ms: millis(config.store.retention),
+            ttl_ms: millis(config.idempotency.ttl),
+            dead_letter_retention_ms: millis(DEAD_LETTER_RETENTION),
+            max_items: 512,
+        };
         loop {
-            let policy = PrunePolicy {
-                now_ms: now,
-                keep_ms: keep.as_millis() as u64,
-                max_events: 512,
-            };
             match shared.store.prune(policy).await {
-                Ok(n) if n == policy.max_events => continue,
-                Ok(n) => {
-                    if n > 0 || expired > 0 {
-                        tracing::debug!(pruned_events = n, expired_keys = expired, "pruned");
+                Ok(report) => {
+                    if report.details + report.keys + report.dead_letters > 0 || expired > 0 {
+                        tracing::debug!(
+                            details = report.details,
+                            keys = report.keys,
+                            dead_letters = report.dead_letters,
+                            cached_keys = expired,
+                            "pruned"
+                        );
                     }
-                    break;
+                    if !report.more || stop.is_cancelled() {
+                        break;
+                    }
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "prune failed; will retry");
@@ -446,3 +481,6 @@ async fn prune_loop(shared: Arc<Shared>, config: Config, stop: CancellationToken
         }
     }
 }
+
+/// How long dead letters keep their body before they are deleted.
+const DEAD_LETTER_RETENTION: Duration = Duration::from_secs(14 * 24 * 3600);

@@ -32,10 +32,6 @@ pub struct SubscriberMetrics {
     pub delivered: IntCounter,
     /// `deliveries_total{outcome="dead"}`.
     pub dead: IntCounter,
-    /// `deliveries_pending`.
-    pub pending: IntGauge,
-    /// `dead_letters`.
-    pub dead_letters: IntGauge,
     /// `circuit_open`.
     pub circuit_open: IntGauge,
 }
@@ -66,10 +62,15 @@ pub struct Metrics {
     pub attempt_duration: HistogramVec,
     /// `delivery_latency_seconds{route,subscriber}`: receipt to 2xx.
     pub delivery_latency: HistogramVec,
-    /// `deliveries_pending{route,subscriber}`.
+    /// `deliveries_pending{route,subscriber}`, read from the store.
     pub pending: IntGaugeVec,
-    /// `dead_letters{route,subscriber}`.
+    /// `dead_letters{route,subscriber}`, read from the store.
     pub dead_letters: IntGaugeVec,
+    /// `deliveries_orphaned{route,subscriber}`: pending deliveries of a
+    /// subscriber this process's config does not have.
+    pub orphaned: IntGaugeVec,
+    /// `store_bytes{kind="file|used"}`.
+    pub store_bytes: IntGaugeVec,
     /// `circuit_open{route,subscriber}`: 1 while open.
     pub circuit_open: IntGaugeVec,
     /// `idempotency_keys`.
@@ -159,6 +160,16 @@ impl Metrics {
             "Dead letters held",
             &["route", "subscriber"],
         );
+        let orphaned = gauge(
+            "deliveries_orphaned",
+            "Pending deliveries of a subscriber missing from this process's config",
+            &["route", "subscriber"],
+        );
+        let store_bytes = gauge(
+            "store_bytes",
+            "Store size: the whole file (file) and what holds live data (used)",
+            &["kind"],
+        );
         let circuit_open = gauge(
             "circuit_open",
             "1 while the subscriber's circuit breaker is open",
@@ -206,6 +217,8 @@ impl Metrics {
             delivery_latency,
             pending,
             dead_letters,
+            orphaned,
+            store_bytes,
             circuit_open,
             idempotency_keys,
             commit_duration,
@@ -230,8 +243,6 @@ impl Metrics {
             dead: self
                 .deliveries
                 .with_label_values(&[route, subscriber, "dead"]),
-            pending: self.pending.with_label_values(&labels),
-            dead_letters: self.dead_letters.with_label_values(&labels),
             circuit_open: self.circuit_open.with_label_values(&labels),
         }
     }
@@ -257,7 +268,39 @@ impl Metrics {
             }
             for subscriber in &route.subscribers {
                 self.subscriber(&route.name, &subscriber.name);
+                let labels = [&*route.name, &*subscriber.name];
+                self.pending.with_label_values(&labels);
+                self.dead_letters.with_label_values(&labels);
+                self.orphaned.with_label_values(&labels);
             }
+        }
+        for kind in ["file", "used"] {
+            self.store_bytes.with_label_values(&[kind]);
+        }
+    }
+
+    /// Sets the store-derived gauges: pending and dead per subscriber, and
+    /// orphaned for subscribers `configured` does not know.
+    pub fn set_counts(
+        &self,
+        counts: &[crate::store::LaneCounts],
+        configured: impl Fn(&str, &str) -> bool,
+    ) {
+        for c in counts {
+            let labels = [c.route.as_str(), c.subscriber.as_str()];
+            let gauge = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+            self.pending
+                .with_label_values(&labels)
+                .set(gauge(c.pending));
+            self.dead_letters
+                .with_label_values(&labels)
+                .set(gauge(c.dead));
+            let orphans = if configured(&c.route, &c.subscriber) {
+                0
+            } else {
+                c.pending
+            };
+            self.orphaned.with_label_values(&labels).set(gauge(orphans));
         }
     }
 

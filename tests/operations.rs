@@ -216,12 +216,16 @@ async fn metrics_count_every_outcome_and_parse_and_survive_restart() {
     let admin = TestClient::plain(restarted.admin_addr);
     let (_, m) = scrape(&admin).await;
     assert_eq!(sample(&m, "hookrelay_dead_letters", &dying_l), 1.0);
-    assert_eq!(sample(&m, "hookrelay_idempotency_keys", &[]), 1.0);
+    // The cache starts empty (nothing is loaded at start); the store answers
+    // for keys the cache has not seen, and the cache learns them.
+    assert_eq!(sample(&m, "hookrelay_idempotency_keys", &[]), 0.0);
     let client = TestClient::plain(restarted.ingress_addr);
     assert_eq!(
         client.post("/hooks/muapi", TOKEN, &body).await.body["status"],
         "duplicate"
     );
+    let (_, m) = scrape(&admin).await;
+    assert_eq!(sample(&m, "hookrelay_idempotency_keys", &[]), 1.0);
     restarted.shutdown().await;
 }
 
@@ -658,14 +662,16 @@ async fn sighup_reloads_tokens_subscribers_and_certificates() {
 }
 
 #[tokio::test]
-async fn removed_subscriber_leaves_its_pending_deliveries_as_dead_letters() {
+async fn removed_subscriber_leaves_its_pending_deliveries_as_orphans_until_resolved() {
     let dir = tempfile::tempdir().unwrap();
     let pki = Pki::new();
     let app = Sink::start().await;
-    let hole = black_hole().await;
+    let failing = Sink::start().await;
+    failing.set_default(Reply::Status(500, vec![]));
     let subs = format!(
-        "      - name: app\n        url: {}\n      - name: doomed\n        url: http://{hole}/x\n        timeout: 30s\n",
-        app.url("/a")
+        "      - name: app\n        url: {}\n      - name: doomed\n        url: {}\n        retry: {{ initial_interval: 1h, max_interval: 2h, max_elapsed: 24h }}\n",
+        app.url("/a"),
+        failing.url("/d")
     );
     let config = binary_config(dir.path(), &pki, "\"tok-cccc\"", &subs);
     let running = spawn(&config).await;
@@ -678,6 +684,7 @@ async fn removed_subscriber_leaves_its_pending_deliveries_as_dead_letters() {
         )
         .await;
     app.wait_for(1, Duration::from_secs(10)).await;
+    failing.wait_for(1, Duration::from_secs(10)).await;
     binary_config(
         dir.path(),
         &pki,
@@ -686,10 +693,152 @@ async fn removed_subscriber_leaves_its_pending_deliveries_as_dead_letters() {
     );
     running.signal("-HUP");
     let admin = TestClient::plain(running.admin);
+    // The delivery is not killed: it waits in the store, visibly orphaned.
+    let subscribers = admin
+        .get_until(
+            "/api/v1/subscribers",
+            Some("admin-secret-token"),
+            Duration::from_secs(10),
+            "the removed subscriber to show as orphaned",
+            |v| {
+                v["subscribers"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|s| s["subscriber"] == "doomed" && s["configured"] == false)
+            },
+        )
+        .await;
+    let doomed = subscribers["subscribers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["subscriber"] == "doomed")
+        .unwrap()
+        .clone();
+    assert_eq!(doomed["orphaned"], 1, "{doomed}");
+    assert_eq!(doomed["pending"], 1, "{doomed}");
+    assert_eq!(doomed["dead_letters"], 0, "{doomed}");
+    let (_, m) = scrape(&admin).await;
+    assert_eq!(
+        sample(
+            &m,
+            "hookrelay_deliveries_orphaned",
+            &[("route", "muapi"), ("subscriber", "doomed")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        admin
+            .send(
+                "GET",
+                "/api/v1/dead-letters",
+                &[("authorization", "Bearer admin-secret-token")],
+                ""
+            )
+            .await
+            .body["dead_letters"],
+        serde_json::json!([])
+    );
+    // A configured subscriber's deliveries are not orphans.
+    let refused = admin
+        .post(
+            "/api/v1/orphans/resolve",
+            "admin-secret-token",
+            r#"{"route":"muapi","subscriber":"app"}"#,
+        )
+        .await;
+    assert_eq!(refused.status, StatusCode::CONFLICT);
+    // The operator resolves them: they become dead letters (replayable).
+    let resolved = admin
+        .post(
+            "/api/v1/orphans/resolve",
+            "admin-secret-token",
+            r#"{"route":"muapi","subscriber":"doomed"}"#,
+        )
+        .await;
+    assert_eq!(resolved.status, StatusCode::OK);
+    assert_eq!(resolved.body["dead_lettered"], 1);
     let letters = wait_dead(&admin, 1).await;
     let letter = &letters["dead_letters"][0];
     assert_eq!(letter["subscriber"], "doomed");
-    assert_eq!(letter["dead_reason"], "subscriber removed");
+    assert!(
+        letter["dead_reason"]
+            .as_str()
+            .unwrap()
+            .contains("subscriber removed"),
+        "{letter}"
+    );
+}
+
+#[tokio::test]
+async fn a_request_finishing_after_the_shutdown_grace_is_never_a_silent_dead_letter() {
+    // A request still receiving its body when `shutdown_grace` ends: either
+    // it is cut (no 2xx) or, if it was acknowledged, it is delivered after
+    // the restart. It must never be answered 200 and then turned into a
+    // dead letter that was never sent.
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new();
+    let app = Sink::start().await;
+    let config = binary_config(
+        dir.path(),
+        &pki,
+        "\"tok-gggg\"",
+        &format!("      - name: app\n        url: {}\n", app.url("/a")),
+    );
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("shutdown_grace: 5s", "shutdown_grace: 1s");
+    std::fs::write(&config, text).unwrap();
+    let mut running = spawn(&config).await;
+    let body = muapi_body("late-1", "completed");
+    let mut open = half_request(&pki, running.ingress, "tok-gggg", &body).await;
+    running.signal("-TERM");
+    // Time passing is what this test is about: finish the body after the grace.
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    let sent = open.write_all(&body.as_bytes()[10..]).await.is_ok() && open.flush().await.is_ok();
+    let answer = if sent {
+        use tokio::io::AsyncReadExt;
+        let mut buf = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), open.read_to_end(&mut buf)).await;
+        String::from_utf8_lossy(&buf).to_string()
+    } else {
+        String::new()
+    };
+    let exit = tokio::time::timeout(Duration::from_secs(20), running.child.wait())
+        .await
+        .expect("exits")
+        .unwrap();
+    assert_eq!(exit.code(), Some(0));
+    let acknowledged = answer.starts_with("HTTP/1.1 200");
+    let restarted = spawn(&config).await;
+    let admin = TestClient::plain(restarted.admin);
+    if acknowledged {
+        app.wait_for(1, Duration::from_secs(10)).await;
+    }
+    let letters = admin
+        .send(
+            "GET",
+            "/api/v1/dead-letters",
+            &[("authorization", "Bearer admin-secret-token")],
+            "",
+        )
+        .await;
+    assert_eq!(
+        letters.body["dead_letters"],
+        serde_json::json!([]),
+        "answer was {answer:?}"
+    );
+    let subs = admin
+        .get_until(
+            "/api/v1/subscribers",
+            Some("admin-secret-token"),
+            Duration::from_secs(10),
+            "nothing pending",
+            |v| v["subscribers"][0]["pending"] == 0,
+        )
+        .await;
+    assert_eq!(subs["subscribers"][0]["dead_letters"], 0);
 }
 
 #[tokio::test]

@@ -56,6 +56,15 @@ impl CircuitBreaker {
         }
     }
 
+    /// An attempt ended without making a request (its body could not be
+    /// read): a probe slot it held is free again, so the next delivery can
+    /// probe instead of the breaker waiting forever for this one.
+    pub fn abandon(&mut self) {
+        if let State::HalfOpen { probing: true } = self.state {
+            self.state = State::HalfOpen { probing: false };
+        }
+    }
+
     /// Records an attempt's outcome: `healthy` is false for transport
     /// errors, timeouts, 5xx and 429.
     pub fn record(&mut self, healthy: bool, now: Instant) {
@@ -140,6 +149,26 @@ mod tests {
         b.record(true, again);
         assert!(b.allows(again));
         assert!(!b.is_open());
+    }
+
+    #[test]
+    fn an_abandoned_probe_frees_the_half_open_slot() {
+        let t0 = Instant::now();
+        let mut b = breaker();
+        for _ in 0..3 {
+            b.record(false, t0);
+        }
+        let later = t0 + Duration::from_secs(10);
+        assert!(b.allows(later));
+        b.on_start();
+        assert!(!b.allows(later), "the probe is out");
+        // The probe could not make its request (no result to record).
+        b.abandon();
+        assert!(b.allows(later), "another probe may run");
+        // Abandoning outside a probe changes nothing.
+        let mut closed = breaker();
+        closed.abandon();
+        assert!(closed.allows(t0));
     }
 
     #[test]

@@ -20,6 +20,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls_pki_types::CertificateDer;
 
 use crate::config::Subscriber;
+use crate::store::{EventId, Origin};
 
 /// Why a CA file could not be used. Names the file, never its contents.
 #[derive(Debug, thiserror::Error)]
@@ -110,11 +111,14 @@ impl DeliveryClient {
     pub async fn send(
         &self,
         subscriber: &Subscriber,
-        event_id: &str,
+        event: EventId,
         attempt: u32,
+        origin: Origin,
         body: Bytes,
     ) -> AttemptResult {
         let started = Instant::now();
+        let event_id = event.to_string();
+        let event_id = event_id.as_str();
         let timestamp = crate::store::now_ms() / 1000;
         let mut request = Request::post(subscriber.url.clone());
         let headers = request.headers_mut().expect("fresh request builder");
@@ -141,6 +145,9 @@ impl DeliveryClient {
             "hookrelay-route",
             HeaderValue::from_str(&subscriber.route).expect("route names are header-safe"),
         );
+        if origin == Origin::Reconciled {
+            headers.insert("hookrelay-origin", HeaderValue::from_static("reconciled"));
+        }
         for (name, value) in &subscriber.headers {
             headers.insert(name.clone(), value.clone());
         }

@@ -1,9 +1,12 @@
 //! Delivery: from durable deliveries to subscribers' 2xx.
 //!
-//! The [`Dispatcher`] keeps one [`lane::Lane`] per (route, subscriber) and
-//! routes each delivery to its lane. Lanes are independent tasks: a slow or
-//! dead subscriber fills only its own in-flight permits and trips only its
-//! own circuit breaker.
+//! The [`Dispatcher`] keeps one [`lane::Lane`] per (route, subscriber) of
+//! the running config. Lanes are independent tasks: a slow or dead
+//! subscriber fills only its own in-flight slots and trips only its own
+//! circuit breaker. The store stays the authority on what is pending; a
+//! delivery whose subscriber has no lane here simply waits in the store
+//! (an orphan, visible in the admin API) and is never killed by a process
+//! that does not know its subscriber.
 
 pub mod breaker;
 pub mod client;
@@ -21,22 +24,22 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::{Runtime, Subscriber};
 use crate::metrics::{Metrics, SubscriberMetrics};
-use crate::store::{now_ms, DeliveryRecord, Store};
+use crate::store::{EventId, Origin, Store};
 use client::DeliveryClient;
-use lane::{Job, Lane, LaneDeps, LaneMsg, LaneStats};
+use lane::{Job, Lane, LaneDeps, LaneMsg, LaneStats, RecentActivity};
 
 /// A lane's identity: (route name, subscriber name).
 type LaneKey = (Arc<str>, Arc<str>);
 
 struct LaneHandle {
     subscriber: Arc<Subscriber>,
-    metrics: Arc<SubscriberMetrics>,
     tx: mpsc::UnboundedSender<LaneMsg>,
     stats: Arc<LaneStats>,
     stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
 }
 
-/// A lane's state for the admin API.
+/// A lane's state in this process, for the admin API.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct LaneSnapshot {
     /// Route name.
@@ -45,12 +48,13 @@ pub struct LaneSnapshot {
     pub subscriber: String,
     /// Attempts running now.
     pub in_flight: u64,
-    /// Deliveries not finished.
-    pub pending: i64,
-    /// Dead letters held.
-    pub dead_letters: i64,
+    /// Deliveries this process holds, waiting for their due time.
+    pub queued: u64,
     /// `closed`, `open` or `half_open`.
     pub circuit: &'static str,
+    /// Deliveries and failures of the last minutes.
+    #[serde(flatten)]
+    pub activity: RecentActivity,
 }
 
 /// Routes deliveries to per-subscriber lanes.
@@ -63,12 +67,15 @@ pub struct Dispatcher {
 }
 
 impl Dispatcher {
-    /// A dispatcher with no lanes yet; call [`Dispatcher::sync`].
+    /// A dispatcher with no lanes yet; call [`Dispatcher::sync`]. Lanes stop
+    /// starting attempts when `shutdown` is cancelled; attempts waiting to
+    /// record a result give up when `abandon` is.
     pub fn new(
         store: Arc<dyn Store>,
         metrics: Arc<Metrics>,
         tracker: TaskTracker,
         shutdown: CancellationToken,
+        abandon: CancellationToken,
     ) -> Self {
         Self {
             lanes: RwLock::new(HashMap::new()),
@@ -76,6 +83,7 @@ impl Dispatcher {
                 store,
                 metrics,
                 tracker,
+                abandon,
             }),
             default_client: DeliveryClient::new(&[]),
             ca_clients: RwLock::new(HashMap::new()),
@@ -106,9 +114,10 @@ impl Dispatcher {
         }
     }
 
-    /// Makes the lanes match `runtime`: starts lanes for new subscribers,
-    /// updates changed ones, stops removed ones. Returns the (route,
-    /// subscriber) pairs removed.
+    /// Makes the lanes match `runtime`: starts lanes for new subscribers
+    /// (each claims its due deliveries from the store at once), updates
+    /// changed ones, stops removed ones (their waiting deliveries go back to
+    /// the store). Returns the (route, subscriber) pairs removed.
     pub fn sync(&self, runtime: &Runtime) -> Vec<(String, String)> {
         // CA files are read again: a reload may point at new contents.
         self.ca_clients.write().expect("client map").clear();
@@ -142,119 +151,103 @@ impl Dispatcher {
             let (tx, rx) = mpsc::unbounded_channel();
             let stats = Arc::new(LaneStats::default());
             let stop = self.shutdown.child_token();
-            let metrics = Arc::new(
+            let metrics: Arc<SubscriberMetrics> = Arc::new(
                 self.deps
                     .metrics
                     .subscriber(&subscriber.route, &subscriber.name),
             );
             let lane = Lane::new(
                 subscriber.clone(),
-                metrics.clone(),
+                metrics,
                 self.client_for(&subscriber),
                 self.deps.clone(),
                 stats.clone(),
                 rx,
+                tx.clone(),
                 stop.clone(),
             );
-            tokio::spawn(lane.run());
+            let task = tokio::spawn(lane.run());
             lanes.insert(
                 key,
                 LaneHandle {
                     subscriber,
-                    metrics,
                     tx,
                     stats,
                     stop,
+                    task,
                 },
             );
         }
         removed
     }
 
-    fn send(&self, key: &LaneKey, job: Job) -> bool {
-        let lanes = self.lanes.read().expect("lane map");
-        match lanes.get(key) {
-            Some(handle) => {
-                handle.metrics.pending.inc();
-                handle.tx.send(LaneMsg::Job(job)).is_ok()
-            }
-            None => false,
-        }
-    }
-
-    /// Schedules the deliveries of a just-committed event, due now. A
-    /// delivery whose subscriber was removed by a reload after the request
-    /// began becomes a dead letter ("subscriber removed").
-    pub async fn enqueue_new(
+    /// Hands the deliveries of a just-accepted event (claimed by this
+    /// process) to their lanes, with the body so no re-read is needed. A
+    /// delivery whose subscriber has no lane (removed by a reload while the
+    /// request was in flight) is released: it waits in the store, pending.
+    pub async fn hand_over(
         &self,
-        event_id: &str,
-        seq: u64,
+        event: EventId,
         received_ms: u64,
+        origin: Origin,
         body: &Bytes,
         subscribers: &[Arc<Subscriber>],
     ) {
-        for subscriber in subscribers {
-            let delivery_id = DeliveryRecord::id_for(event_id, &subscriber.name);
-            let job = Job {
-                delivery_id: delivery_id.clone(),
-                event_id: event_id.to_string(),
-                seq,
-                attempts: 0,
-                due_ms: received_ms,
-                schedule_start_ms: received_ms,
-                received_ms,
-                body: Some(body.clone()),
-            };
-            if !self.send(&(subscriber.route.clone(), subscriber.name.clone()), job) {
-                self.orphan(&delivery_id, &subscriber.route, &subscriber.name, false)
-                    .await;
-            }
-        }
-    }
-
-    /// A pending delivery whose subscriber no longer exists becomes a dead
-    /// letter with the reason "subscriber removed". `was_queued` says
-    /// whether a lane held it (and so counted it as pending).
-    pub async fn orphan(&self, delivery_id: &str, route: &str, subscriber: &str, was_queued: bool) {
-        let store = &self.deps.store;
-        match store
-            .kill(delivery_id, "subscriber removed", now_ms())
-            .await
+        let mut orphans = Vec::new();
         {
-            Ok(true) => {
-                let m = &self.deps.metrics;
-                m.dead_letters.with_label_values(&[route, subscriber]).inc();
-                if was_queued {
-                    m.pending.with_label_values(&[route, subscriber]).dec();
+            let lanes = self.lanes.read().expect("lane map");
+            for subscriber in subscribers {
+                let job = Job {
+                    event,
+                    attempts: 0,
+                    due_ms: received_ms,
+                    schedule_start_ms: received_ms,
+                    received_ms,
+                    origin,
+                    body: Some(body.clone()),
+                };
+                let key = (subscriber.route.clone(), subscriber.name.clone());
+                let sent = lanes
+                    .get(&key)
+                    .is_some_and(|lane| lane.tx.send(LaneMsg::Job(job)).is_ok());
+                if !sent {
+                    orphans.push(subscriber.clone());
                 }
             }
-            Ok(false) => {}
-            Err(e) => tracing::error!(
-                delivery = delivery_id,
-                error = %e,
-                "cannot mark a delivery of a removed subscriber dead"
-            ),
+        }
+        for subscriber in orphans {
+            tracing::warn!(
+                route = %subscriber.route,
+                subscriber = %subscriber.name,
+                event_id = %event,
+                "no lane for this subscriber now; the delivery waits in the store"
+            );
+            if let Err(e) = self
+                .deps
+                .store
+                .release(&subscriber.route, &subscriber.name, &[event])
+                .await
+            {
+                tracing::debug!(error = %e, "cannot release an orphaned delivery");
+            }
         }
     }
 
-    /// Schedules a stored pending delivery (at start, or after a replay) at
-    /// its persisted due time. False when its subscriber has no lane.
-    pub fn enqueue_record(&self, record: &DeliveryRecord) -> bool {
-        let job = Job {
-            delivery_id: record.id.clone(),
-            event_id: record.event_id.clone(),
-            seq: record.seq,
-            attempts: record.attempts,
-            due_ms: record.due_ms,
-            schedule_start_ms: record.schedule_start_ms.max(record.received_ms),
-            received_ms: record.received_ms,
-            body: None,
-        };
-        let key = (
-            Arc::<str>::from(record.route.as_str()),
-            Arc::<str>::from(record.subscriber.as_str()),
-        );
-        self.send(&key, job)
+    /// Asks every lane to claim due deliveries from the store now (after a
+    /// replay, or when another replica released work).
+    pub fn wake_all(&self) {
+        for handle in self.lanes.read().expect("lane map").values() {
+            let _ = handle.tx.send(LaneMsg::Wake);
+        }
+    }
+
+    /// Whether this process has a lane for the subscriber.
+    pub fn has_lane(&self, route: &str, subscriber: &str) -> bool {
+        self.lanes
+            .read()
+            .expect("lane map")
+            .keys()
+            .any(|(r, s)| &**r == route && &**s == subscriber)
     }
 
     /// Every lane's state, sorted by route and subscriber.
@@ -266,12 +259,30 @@ impl Dispatcher {
                 route: route.to_string(),
                 subscriber: sub.to_string(),
                 in_flight: handle.stats.in_flight.load(Ordering::Relaxed),
-                pending: handle.metrics.pending.get(),
-                dead_letters: handle.metrics.dead_letters.get(),
+                queued: handle.stats.queued.load(Ordering::Relaxed),
                 circuit: handle.stats.circuit_name(),
+                activity: handle.stats.activity(),
             })
             .collect();
         out.sort_by(|a, b| (&a.route, &a.subscriber).cmp(&(&b.route, &b.subscriber)));
         out
+    }
+
+    /// Waits for every lane task to end (after the shutdown token): each
+    /// has released the claims of the deliveries it was holding.
+    pub async fn stopped(&self) {
+        let tasks: Vec<_> = self
+            .lanes
+            .write()
+            .expect("lane map")
+            .drain()
+            .map(|(_, h)| {
+                h.stop.cancel();
+                h.task
+            })
+            .collect();
+        for task in tasks {
+            let _ = task.await;
+        }
     }
 }

@@ -24,7 +24,6 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -38,7 +37,7 @@ pub type Handler = Arc<dyn Fn(SocketAddr, Request<Incoming>) -> ResponseFuture +
 pub type SharedTls = Arc<ArcSwap<rustls::ServerConfig>>;
 
 /// Limits of one listener.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
     /// Time allowed for the TLS handshake and each request head.
     pub header_read_timeout: Duration,
@@ -50,33 +49,36 @@ pub struct Limits {
     pub idle_timeout: Duration,
 }
 
-/// Serves `listener` until `shutdown`, then drains within `limits.grace`.
+/// Limits a reload may change: read for every new connection.
+pub type SharedLimits = Arc<ArcSwap<Limits>>;
+
+/// Serves `listener` until `shutdown`, then drains: open connections are
+/// asked to finish their requests, and after the current `grace` the ones
+/// still open are cut (their tasks end, so no request outlives the drain).
 pub async fn serve(
     listener: TcpListener,
     tls: Option<SharedTls>,
-    limits: Limits,
+    limits: SharedLimits,
     handler: Handler,
     shutdown: CancellationToken,
 ) {
-    let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let open = Arc::new(AtomicUsize::new(0));
+    let closed = Arc::new(tokio::sync::Notify::new());
     let connections = TaskTracker::new();
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
-        .keep_alive(true);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .keep_alive_interval(Some(Duration::from_secs(30)))
-        .max_concurrent_streams(256);
-    let builder = Arc::new(builder);
+    let cut = CancellationToken::new();
     loop {
-        let slot = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            slot = slots.clone().acquire_owned() => slot.expect("semaphore never closes"),
-        };
+        // Wait for a free slot under the current `max_connections`
+        // (further connections wait in the kernel backlog).
+        loop {
+            let notified = closed.notified();
+            if open.load(Ordering::Acquire) < limits.load().max_connections.max(1) {
+                break;
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = notified => {}
+            }
+        }
         let (stream, peer) = tokio::select! {
             _ = shutdown.cancelled() => break,
             accepted = listener.accept() => match accepted {
@@ -92,21 +94,66 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         let tls = tls.as_ref().map(|t| t.load_full());
         let handler = handler.clone();
-        let builder = builder.clone();
+        let limits = **limits.load();
         let shutdown = shutdown.clone();
+        let cut = cut.clone();
+        let slot = Slot::take(open.clone(), closed.clone());
         connections.spawn(async move {
             let _slot = slot;
-            serve_connection(stream, peer, tls, limits, handler, &builder, shutdown).await;
+            let builder = builder(&limits);
+            tokio::select! {
+                _ = serve_connection(stream, peer, tls, limits, handler, &builder, shutdown) => {}
+                _ = cut.cancelled() => tracing::debug!(%peer, "connection cut at the end of the shutdown grace"),
+            }
         });
     }
     drop(listener);
     connections.close();
-    if tokio::time::timeout(limits.grace, connections.wait())
+    let grace = limits.load().grace;
+    if tokio::time::timeout(grace, connections.wait())
         .await
         .is_err()
     {
-        tracing::warn!("connections still open after the shutdown grace; closing them");
+        tracing::warn!("connections still open after the shutdown grace; cutting them");
+        cut.cancel();
+        connections.wait().await;
     }
+}
+
+/// One connection's place under `max_connections`, given back on drop.
+struct Slot {
+    open: Arc<AtomicUsize>,
+    closed: Arc<tokio::sync::Notify>,
+}
+
+impl Slot {
+    fn take(open: Arc<AtomicUsize>, closed: Arc<tokio::sync::Notify>) -> Self {
+        open.fetch_add(1, Ordering::AcqRel);
+        Slot { open, closed }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.open.fetch_sub(1, Ordering::AcqRel);
+        self.closed.notify_waiters();
+    }
+}
+
+/// hyper-util's HTTP/1.1 + HTTP/2 builder for these limits.
+fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .max_concurrent_streams(256);
+    builder
 }
 
 async fn serve_connection(

@@ -11,6 +11,7 @@
 //! (duplicate) or, if the first failed or was dropped, claims it itself.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use dashmap::mapref::entry::Entry;
@@ -29,8 +30,10 @@ pub struct IdempotencyCache {
     map: DashMap<u128, Slot>,
     /// Committed keys in commit order: the eviction and expiry queue.
     order: Mutex<VecDeque<(u128, u64)>>,
-    ttl_ms: u64,
-    max_keys: usize,
+    /// `idempotency.ttl`; a reload may change it.
+    ttl_ms: AtomicU64,
+    /// `idempotency.max_keys`; a reload may change it.
+    max_keys: AtomicUsize,
 }
 
 /// The result of [`IdempotencyCache::claim`].
@@ -57,9 +60,23 @@ impl IdempotencyCache {
         Self {
             map: DashMap::new(),
             order: Mutex::new(VecDeque::new()),
-            ttl_ms,
-            max_keys: max_keys.max(1),
+            ttl_ms: AtomicU64::new(ttl_ms),
+            max_keys: AtomicUsize::new(max_keys.max(1)),
         }
+    }
+
+    /// The idempotency window, in ms.
+    pub fn ttl_ms(&self) -> u64 {
+        self.ttl_ms.load(Ordering::Relaxed)
+    }
+
+    /// Applies new limits (a reload): a shorter TTL or a lower bound takes
+    /// effect at the next expiry or insert.
+    pub fn set_limits(&self, ttl_ms: u64, max_keys: usize) {
+        self.ttl_ms.store(ttl_ms, Ordering::Relaxed);
+        self.max_keys.store(max_keys.max(1), Ordering::Relaxed);
+        let mut order = self.order.lock().expect("idempotency order lock");
+        self.evict(&mut order);
     }
 
     /// Keys held (committed or pending).
@@ -77,7 +94,7 @@ impl IdempotencyCache {
         loop {
             let mut waiter = match self.map.entry(key) {
                 Entry::Occupied(mut slot) => match slot.get() {
-                    Slot::Committed(at) if now_ms.saturating_sub(*at) <= self.ttl_ms => {
+                    Slot::Committed(at) if now_ms.saturating_sub(*at) <= self.ttl_ms() => {
                         return Claim::Duplicate
                     }
                     Slot::Committed(_) => {
@@ -116,7 +133,7 @@ impl IdempotencyCache {
     }
 
     fn evict(&self, order: &mut VecDeque<(u128, u64)>) {
-        while order.len() > self.max_keys {
+        while order.len() > self.max_keys.load(Ordering::Relaxed) {
             if let Some((key, at)) = order.pop_front() {
                 self.map.remove_if(
                     &key,
@@ -131,7 +148,7 @@ impl IdempotencyCache {
         let mut order = self.order.lock().expect("idempotency order lock");
         let mut removed = 0;
         while let Some(&(key, at)) = order.front() {
-            if now_ms.saturating_sub(at) <= self.ttl_ms {
+            if now_ms.saturating_sub(at) <= self.ttl_ms() {
                 break;
             }
             order.pop_front();

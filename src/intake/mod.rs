@@ -12,15 +12,13 @@ pub mod muapi;
 
 use std::sync::Arc;
 
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine;
 use bytes::Bytes;
 use http::HeaderMap;
 use sha2::{Digest, Sha256};
 
 use crate::config::{Route, SourceKind};
 use crate::delivery::Dispatcher;
-use crate::store::{AppendOutcome, NewEvent, Store, StoreError};
+use crate::store::{AppendOutcome, EventId, NewEvent, Origin, Store, StoreError};
 use idempotency::{Claim, IdempotencyCache};
 
 /// Why a callback was not accepted (after routing and token checks).
@@ -61,6 +59,9 @@ pub struct Intake {
     store: Arc<dyn Store>,
     cache: Arc<IdempotencyCache>,
     dispatcher: Arc<Dispatcher>,
+    /// Commit-and-hand-over tasks: shutdown waits for them before the lanes
+    /// stop, so an event committed for a sender is always handed over.
+    commits: tokio_util::task::TaskTracker,
 }
 
 impl Intake {
@@ -74,7 +75,15 @@ impl Intake {
             store,
             cache,
             dispatcher,
+            commits: tokio_util::task::TaskTracker::new(),
         }
+    }
+
+    /// Waits for every commit in progress (shutdown, after the ingress
+    /// stopped taking requests).
+    pub async fn drain(&self) {
+        self.commits.close();
+        self.commits.wait().await;
     }
 
     /// The idempotency cache (for gauges and the pruner).
@@ -89,6 +98,20 @@ impl Intake {
         headers: &HeaderMap,
         body: Bytes,
         received_ms: u64,
+    ) -> Result<Accepted, IntakeError> {
+        self.accept_from(route, headers, body, received_ms, Origin::Callback)
+            .await
+    }
+
+    /// [`Intake::accept`] for an event of the given origin (a result the
+    /// reconciler fetched goes through the same path as a callback).
+    pub async fn accept_from(
+        &self,
+        route: &Arc<Route>,
+        headers: &HeaderMap,
+        body: Bytes,
+        received_ms: u64,
+        origin: Origin,
     ) -> Result<Accepted, IntakeError> {
         if let Some(secret) = &route.inbound_secret {
             let h = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
@@ -107,7 +130,7 @@ impl Intake {
         };
         // muapi bodies are skimmed for `id` and `status`; a full tree is
         // built only when a filter needs one (or for generic sources).
-        let (key, status, tree) = match route.source {
+        let (key, status, source_id, tree) = match route.source {
             SourceKind::Muapi => {
                 let head = muapi::parse(&body)?;
                 let tree = if route.needs_json {
@@ -115,7 +138,13 @@ impl Intake {
                 } else {
                     None
                 };
-                (head.key(), Some(head.status.into_owned()), tree)
+                let key = head.key();
+                (
+                    key,
+                    Some(head.status.into_owned()),
+                    Some(head.id.into_owned()),
+                    tree,
+                )
             }
             SourceKind::Generic => {
                 let tree = parse_tree()?;
@@ -124,11 +153,16 @@ impl Intake {
                     .get("status")
                     .and_then(|s| s.as_str())
                     .map(str::to_string);
-                (key, status, Some(tree))
+                let source_id = ["webhook-id", "idempotency-key"].iter().find_map(|name| {
+                    let value = headers.get(*name)?.to_str().ok()?.trim();
+                    (!value.is_empty()).then(|| value.chars().take(256).collect())
+                });
+                (key, status, source_id, Some(tree))
             }
         };
         let digest = event_digest(&route.name, &key);
-        let event_id = URL_SAFE_NO_PAD.encode(digest.to_be_bytes());
+        let id = EventId(digest);
+        let event_id = id.to_string();
 
         let guard = match self.cache.claim(digest, received_ms).await {
             Claim::Duplicate => {
@@ -146,24 +180,27 @@ impl Intake {
             .cloned()
             .collect();
         let event = NewEvent {
-            event_id: event_id.clone(),
+            id,
             route: route.name.clone(),
             received_ms,
+            source_id,
+            status,
+            origin,
             headers: kept_headers(headers),
             body: body.clone(),
             subscribers: subscribers.iter().map(|s| s.name.clone()).collect(),
+            ttl_ms: self.cache.ttl_ms(),
         };
         // Commit and hand over to the lanes in a task of its own: if the
         // sender hangs up while we wait, the request future is dropped, but
         // an event that commits must still reach its lanes.
         let store = self.store.clone();
         let dispatcher = self.dispatcher.clone();
-        let id = event_id.clone();
-        let committed = tokio::spawn(async move {
+        let committed = self.commits.spawn(async move {
             let outcome = store.append(event).await?;
-            if let AppendOutcome::Accepted { seq } = outcome {
+            if outcome == AppendOutcome::Accepted {
                 dispatcher
-                    .enqueue_new(&id, seq, received_ms, &body, &subscribers)
+                    .hand_over(id, received_ms, origin, &body, &subscribers)
                     .await;
             }
             Ok::<_, StoreError>(outcome)
@@ -193,13 +230,6 @@ pub fn event_digest(route: &str, key: &str) -> u128 {
     u128::from_be_bytes(first)
 }
 
-/// The digest back from an event id, if it is one of ours.
-pub fn digest_of(event_id: &str) -> Option<u128> {
-    let bytes = URL_SAFE_NO_PAD.decode(event_id).ok()?;
-    let array: [u8; 16] = bytes.try_into().ok()?;
-    Some(u128::from_be_bytes(array))
-}
-
 fn kept_headers(headers: &HeaderMap) -> Vec<(String, String)> {
     KEPT_HEADERS
         .iter()
@@ -216,15 +246,14 @@ mod tests {
 
     #[test]
     fn event_ids_are_stable_url_safe_and_dotless() {
-        let a = URL_SAFE_NO_PAD.encode(event_digest("muapi", "t1\ncompleted").to_be_bytes());
-        let b = URL_SAFE_NO_PAD.encode(event_digest("muapi", "t1\ncompleted").to_be_bytes());
-        let c = URL_SAFE_NO_PAD.encode(event_digest("muapi", "t1\nfailed").to_be_bytes());
+        let a = EventId(event_digest("muapi", "t1\ncompleted")).to_string();
+        let b = EventId(event_digest("muapi", "t1\ncompleted")).to_string();
+        let c = EventId(event_digest("muapi", "t1\nfailed")).to_string();
         assert_eq!(a, b);
         assert_ne!(a, c);
         assert_eq!(a.len(), 22);
         assert!(a
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
-        assert_eq!(digest_of(&a), Some(event_digest("muapi", "t1\ncompleted")));
     }
 }

@@ -1,55 +1,70 @@
 //! The embedded store: one redb file under `store.path`, written by one
-//! writer thread with group commit.
+//! writer thread with group commit, for one process.
 //!
-//! Every change is a [`Request`] sent to the writer. The writer takes the
-//! first waiting request and everything else already queued (up to
-//! `max_batch`), applies them all in one write transaction, commits once
-//! (one fsync), then answers every waiter. Under load the batch grows, so
-//! throughput grows with load instead of being capped at one fsync per
-//! callback. Reads use their own read transactions and never wait for the
-//! writer.
+//! Every change is a request to the writer. The writer takes the first
+//! waiting request and everything else already queued (up to `max_batch`),
+//! applies them all in one write transaction, commits once (one fsync),
+//! then answers every waiter. Under load the batch grows, so throughput
+//! grows with load instead of being capped at one fsync per callback. Reads
+//! use their own read transactions and never wait for the writer.
 //!
-//! Layout. Events are keyed by a sequence number in receipt order, so a
-//! commit appends to the right edge of its trees and dirties few pages (a
-//! copy-on-write B-tree rewrites every page it touches; random keys such as
-//! event ids would touch a different page per insert). Only `ids`, the
-//! idempotency index, takes random keys. Keys sort, so every index below is
-//! a range, never a scan:
-//! - `ids`: event id → (seq, received ms)
-//! - `events`: seq → [`EventMeta`] (JSON)
-//! - `bodies`: seq → raw body bytes
-//! - `open`: seq → deliveries not yet delivered
-//! - `deliveries`: (seq, subscriber) → [`DeliveryRecord`] (JSON)
-//! - `due`: (due ms, seq, subscriber) for pending deliveries
-//! - `dead`: (dead-at ms, seq, subscriber) for dead letters
-//! - `done`: (done ms, seq) for events whose deliveries all succeeded
-//! - `counters`: `next_seq`
+//! Layout (records in [`super::codec`]'s compact, versioned format; route
+//! and subscriber names are small numbers from `names`):
+//! - `keys`: event id (u128) → when it was accepted, its record's sequence
+//!   number, its route. The idempotency index; outlives the details until
+//!   `idempotency.ttl`, swept in slices of the id space.
+//! - `events`: sequence number → the event, its deliveries and its body.
+//!   Sequence numbers follow receipt, so commits append to the right edge
+//!   of the tree (a copy-on-write B-tree rewrites every page it touches).
+//! - `due`: (lane, due ms, seq) for pending deliveries, per subscriber so a
+//!   lane reads only its own, a page at a time.
+//! - `dead`: (lane, dead since ms, seq) for dead letters.
+//! - `done`: (done ms, seq) for events whose deliveries all ended: the
+//!   pruner drops their details after `store.retention`.
+//! - `sources`: (hash of route and source id, seq): lookups by muapi task id.
+//! - `counts`: lane → (pending, dead), kept in every transaction, so
+//!   gauges are read, never counted.
+//! - `names`: number → route name or `route/subscriber`; `meta`: counters.
+//!
+//! Claims (which deliveries a lane holds) live in memory: one process owns
+//! the file (redb's lock), so a claim never outlives its process.
 
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use redb::{Database, ReadableTable, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use tokio::sync::{mpsc, oneshot};
 
+use super::codec::{self, DeliveryRecord, EventRecord, KeyRecord};
 use super::{
-    AppendOutcome, AttemptUpdate, DeadLetterQuery, DeliveryRecord, DeliveryState, EventMeta,
-    NewEvent, Next, PrunePolicy, ReplaySelector, Store, StoreError, StoreStats, ATTEMPT_HISTORY,
+    AppendOutcome, AttemptUpdate, Claimed, DeadLetterQuery, DeadSelector, DeliveryBrief,
+    DeliveryId, DeliveryState, DeliveryView, EventId, EventPage, EventQuery, EventSummary,
+    EventView, LaneCounts, NewEvent, Next, PrunePolicy, PruneReport, Recorded, Store, StoreError,
+    StoreSize,
 };
 
-const IDS: TableDefinition<&str, (u64, u64)> = TableDefinition::new("ids");
+const NAMES: TableDefinition<u32, &str> = TableDefinition::new("names");
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const KEYS: TableDefinition<u128, &[u8]> = TableDefinition::new("keys");
 const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
-const BODIES: TableDefinition<u64, &[u8]> = TableDefinition::new("bodies");
-const OPEN: TableDefinition<u64, u32> = TableDefinition::new("open");
-const DELIVERIES: TableDefinition<(u64, &str), &[u8]> = TableDefinition::new("deliveries");
-const DUE: TableDefinition<(u64, u64, &str), ()> = TableDefinition::new("due");
-const DEAD: TableDefinition<(u64, u64, &str), ()> = TableDefinition::new("dead");
+const DUE: TableDefinition<(u32, u64, u64), ()> = TableDefinition::new("due");
+const DEAD: TableDefinition<(u32, u64, u64), ()> = TableDefinition::new("dead");
 const DONE: TableDefinition<(u64, u64), ()> = TableDefinition::new("done");
-const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
-/// The next event sequence number, kept so numbers are never reused after a prune.
+const SOURCES: TableDefinition<(u64, u64), ()> = TableDefinition::new("sources");
+const COUNTS: TableDefinition<u32, (u64, u64)> = TableDefinition::new("counts");
+
+/// `meta` keys.
 const NEXT_SEQ: &str = "next_seq";
+const NEXT_NAME: &str = "next_name";
+const SWEEP_SLICE: &str = "key_sweep_slice";
+const SWEEP_AT: &str = "key_sweep_at";
+const FORMAT: &str = "format";
+/// The layout version of this file (tables and their meaning).
+const FORMAT_VERSION: u64 = 2;
 
 /// The store file's name inside `store.path`.
 pub const FILE_NAME: &str = "hookrelay.redb";
@@ -58,109 +73,16 @@ pub const FILE_NAME: &str = "hookrelay.redb";
 /// ingress answers 503 (the disk is not keeping up).
 const QUEUE_WAIT: Duration = Duration::from_secs(2);
 
+/// The key sweep visits the id space in this many slices, a few per prune
+/// run, so no run touches more than a slice of the keys.
+const SWEEP_SLICES: u64 = 256;
+
+/// An event listing looks at most this many records per page (a rare
+/// route's page may come back short, with a cursor to go on).
+const LIST_SCAN: usize = 10_000;
+
 /// Called after every commit with the batch size and commit duration.
 pub type CommitObserver = Arc<dyn Fn(usize, Duration) + Send + Sync>;
-
-/// A change for the writer.
-enum Op {
-    Append(NewEvent),
-    Attempt(AttemptUpdate),
-    Replay(ReplaySelector, u64),
-    Kill(String, String, u64),
-    Delete(String),
-    Prune(PrunePolicy),
-}
-
-/// What a change produced.
-enum Done {
-    Append(AppendOutcome),
-    Records(Vec<DeliveryRecord>),
-    Flag(bool),
-    Count(usize),
-}
-
-struct Request {
-    op: Op,
-    reply: oneshot::Sender<Result<Done, StoreError>>,
-}
-
-/// The open database, shared by the writer and readers. After an I/O
-/// error redb refuses further work until the file is closed and opened
-/// again; the writer does that here (readers hold their clone only for the
-/// length of one read transaction).
-struct Handle {
-    path: PathBuf,
-    cache_bytes: usize,
-    current: RwLock<Option<Arc<Database>>>,
-    /// Held (shared) by every read for the life of its read transaction,
-    /// and (exclusively) by a reopen: an open read transaction keeps the
-    /// file lock, so the file can only be reopened once none is left.
-    readers: RwLock<()>,
-}
-
-impl Handle {
-    fn get(&self) -> Result<Arc<Database>, StoreError> {
-        self.current
-            .read()
-            .expect("store handle lock")
-            .clone()
-            .ok_or_else(|| {
-                StoreError::Unavailable("the store is being reopened after an I/O error".into())
-            })
-    }
-
-    /// Closes the database and opens it again (redb repairs it if needed).
-    fn reopen(&self) -> Result<(), StoreError> {
-        // Wait for reads in progress to end; new ones wait for the reopen.
-        let _no_readers = self.readers.write().expect("store readers lock");
-        drop(self.current.write().expect("store handle lock").take());
-        let db = open_database(&self.path, self.cache_bytes)?;
-        *self.current.write().expect("store handle lock") = Some(Arc::new(db));
-        tracing::warn!(path = %self.path.display(), "store reopened after an error");
-        Ok(())
-    }
-}
-
-fn open_database(path: &Path, cache_bytes: usize) -> Result<Database, StoreError> {
-    let db = match redb::Builder::new()
-        .set_cache_size(cache_bytes)
-        .create(path)
-    {
-        Ok(db) => db,
-        Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
-            return Err(StoreError::Locked(path.display().to_string()))
-        }
-        Err(e) => return Err(StoreError::Backend(format!("{}: {e}", path.display()))),
-    };
-    // Create every table up front so readers never meet a missing one.
-    let txn = db.begin_write().map_err(backend)?;
-    txn.open_table(IDS).map_err(backend)?;
-    txn.open_table(EVENTS).map_err(backend)?;
-    txn.open_table(BODIES).map_err(backend)?;
-    txn.open_table(OPEN).map_err(backend)?;
-    txn.open_table(DELIVERIES).map_err(backend)?;
-    txn.open_table(DUE).map_err(backend)?;
-    txn.open_table(DEAD).map_err(backend)?;
-    txn.open_table(DONE).map_err(backend)?;
-    txn.open_table(COUNTERS).map_err(backend)?;
-    txn.commit().map_err(backend)?;
-    Ok(db)
-}
-
-/// redb behind the [`Store`] trait, with a group-commit writer thread.
-pub struct EmbeddedStore {
-    db: Arc<Handle>,
-    writer: mpsc::Sender<Request>,
-    path: PathBuf,
-}
-
-impl std::fmt::Debug for EmbeddedStore {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EmbeddedStore")
-            .field("path", &self.path)
-            .finish()
-    }
-}
 
 /// Settings of the embedded store.
 #[derive(Clone)]
@@ -183,8 +105,230 @@ impl Default for EmbeddedOptions {
     }
 }
 
+/// A change for the writer.
+enum Op {
+    Append(NewEvent),
+    Attempt(AttemptUpdate),
+    Replay(DeadSelector, u64, usize),
+    Delete(DeadSelector, u64, usize),
+    Kill(String, String, String, u64, usize),
+    Prune(PrunePolicy),
+    Size,
+}
+
+/// What a change produced.
+enum Done {
+    Append(AppendOutcome),
+    Recorded(Recorded),
+    Views(Vec<DeliveryView>),
+    Count(usize),
+    Pruned(PruneReport),
+    Size(StoreSize),
+}
+
+struct Request {
+    op: Op,
+    reply: oneshot::Sender<Result<Done, StoreError>>,
+}
+
+/// Route and subscriber names and their numbers (small, loaded at open).
+#[derive(Default)]
+struct Names {
+    by_id: HashMap<u32, Arc<str>>,
+    by_name: HashMap<Arc<str>, u32>,
+}
+
+impl Names {
+    fn id(&self, name: &str) -> Option<u32> {
+        self.by_name.get(name).copied()
+    }
+
+    fn name(&self, id: u32) -> Option<&Arc<str>> {
+        self.by_id.get(&id)
+    }
+
+    fn lane_id(&self, route: &str, subscriber: &str) -> Option<u32> {
+        self.id(&lane_name(route, subscriber))
+    }
+
+    /// (route, subscriber) of a lane number.
+    fn lane(&self, id: u32) -> (String, String) {
+        match self.name(id).and_then(|n| n.split_once('/')) {
+            Some((r, s)) => (r.to_string(), s.to_string()),
+            None => (String::new(), format!("#{id}")),
+        }
+    }
+
+    fn route(&self, id: u32) -> String {
+        self.name(id).map(|n| n.to_string()).unwrap_or_default()
+    }
+
+    fn insert(&mut self, id: u32, name: &str) {
+        let name: Arc<str> = Arc::from(name);
+        self.by_id.insert(id, name.clone());
+        self.by_name.insert(name, id);
+    }
+
+    fn lanes(&self) -> impl Iterator<Item = u32> + '_ {
+        self.by_id
+            .iter()
+            .filter(|(_, n)| n.contains('/'))
+            .map(|(id, _)| *id)
+    }
+
+    fn route_ids(&self) -> impl Iterator<Item = u32> + '_ {
+        self.by_id
+            .iter()
+            .filter(|(_, n)| !n.contains('/'))
+            .map(|(id, _)| *id)
+    }
+}
+
+fn lane_name(route: &str, subscriber: &str) -> String {
+    format!("{route}/{subscriber}")
+}
+
+/// The open database, shared by the writer and readers. After an I/O
+/// error redb refuses further work until the file is closed and opened
+/// again; the writer does that here.
+struct Handle {
+    path: PathBuf,
+    cache_bytes: usize,
+    current: RwLock<Option<Arc<Database>>>,
+    /// Held (shared) by every read for the life of its read transaction,
+    /// and (exclusively) by a reopen or close: an open read transaction
+    /// keeps the file lock, so the file can only be closed once none is left.
+    readers: RwLock<()>,
+    names: RwLock<Names>,
+    /// Deliveries claimed by lanes of this process: (lane, seq).
+    claims: Mutex<HashSet<(u32, u64)>>,
+}
+
+impl Handle {
+    fn get(&self) -> Result<Arc<Database>, StoreError> {
+        self.current
+            .read()
+            .expect("store handle lock")
+            .clone()
+            .ok_or_else(|| StoreError::Unavailable("the store is closed or being reopened".into()))
+    }
+
+    /// Closes the database and opens it again (redb repairs it if needed).
+    fn reopen(&self) -> Result<(), StoreError> {
+        let _no_readers = self.readers.write().expect("store readers lock");
+        drop(self.current.write().expect("store handle lock").take());
+        let db = open_database(&self.path, self.cache_bytes)?;
+        *self.names.write().expect("names lock") = load_names(&db)?;
+        *self.current.write().expect("store handle lock") = Some(Arc::new(db));
+        tracing::warn!(path = %self.path.display(), "store reopened after an error");
+        Ok(())
+    }
+
+    /// Closes the file once no read is in progress.
+    fn close(&self) {
+        let _no_readers = self.readers.write().expect("store readers lock");
+        if let Some(db) = self.current.write().expect("store handle lock").take() {
+            match Arc::try_unwrap(db) {
+                Ok(db) => {
+                    if let Err(e) = db.close() {
+                        tracing::error!(error = %e, "closing the store failed");
+                    }
+                }
+                Err(_) => {
+                    tracing::warn!("store still referenced at close; it closes when released")
+                }
+            }
+        }
+    }
+}
+
+fn backend(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+fn open_database(path: &Path, cache_bytes: usize) -> Result<Database, StoreError> {
+    let shown = path.display().to_string();
+    let mut builder = redb::Builder::new();
+    builder.set_cache_size(cache_bytes);
+    builder.set_repair_callback(move |session| {
+        if session.progress() == 0.0 {
+            tracing::warn!(path = %shown, "store was not closed cleanly; repairing it");
+        }
+    });
+    let db = match builder.create(path) {
+        Ok(db) => db,
+        Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
+            return Err(StoreError::Locked(path.display().to_string()))
+        }
+        Err(redb::DatabaseError::UpgradeRequired(_)) => {
+            return Err(StoreError::Corrupt(format!(
+                "{} was written by an older hookrelay; it is converted at start",
+                path.display()
+            )))
+        }
+        Err(e) => return Err(StoreError::Backend(format!("{}: {e}", path.display()))),
+    };
+    // Create every table up front so readers never meet a missing one.
+    let txn = db.begin_write().map_err(backend)?;
+    {
+        txn.open_table(NAMES).map_err(backend)?;
+        let mut meta = txn.open_table(META).map_err(backend)?;
+        let format = meta.get(FORMAT).map_err(backend)?.map(|v| v.value());
+        match format {
+            None => {
+                meta.insert(FORMAT, FORMAT_VERSION).map_err(backend)?;
+            }
+            Some(v) if v == FORMAT_VERSION => {}
+            Some(v) => {
+                return Err(StoreError::Corrupt(format!(
+                    "{} has layout version {v}; this hookrelay reads version {FORMAT_VERSION}",
+                    path.display()
+                )))
+            }
+        }
+        txn.open_table(KEYS).map_err(backend)?;
+        txn.open_table(EVENTS).map_err(backend)?;
+        txn.open_table(DUE).map_err(backend)?;
+        txn.open_table(DEAD).map_err(backend)?;
+        txn.open_table(DONE).map_err(backend)?;
+        txn.open_table(SOURCES).map_err(backend)?;
+        txn.open_table(COUNTS).map_err(backend)?;
+    }
+    txn.commit().map_err(backend)?;
+    Ok(db)
+}
+
+fn load_names(db: &Database) -> Result<Names, StoreError> {
+    let txn = db.begin_read().map_err(backend)?;
+    let table = txn.open_table(NAMES).map_err(backend)?;
+    let mut names = Names::default();
+    for entry in table.iter().map_err(backend)? {
+        let (id, name) = entry.map_err(backend)?;
+        names.insert(id.value(), name.value());
+    }
+    Ok(names)
+}
+
+/// redb behind the [`Store`] trait, with a group-commit writer thread.
+pub struct EmbeddedStore {
+    db: Arc<Handle>,
+    writer: Mutex<Option<mpsc::Sender<Request>>>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for EmbeddedStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmbeddedStore")
+            .field("path", &self.path)
+            .finish()
+    }
+}
+
 impl EmbeddedStore {
-    /// Opens (or creates) the store under `dir` and starts its writer.
+    /// Opens (or creates) the store under `dir` and starts its writer. A
+    /// store written by hookrelay 0.1 is converted first (the old file is
+    /// kept beside it).
     ///
     /// Fails with [`StoreError::Locked`] if another process has it open.
     pub fn open(dir: &Path, options: EmbeddedOptions) -> Result<Self, StoreError> {
@@ -200,21 +344,27 @@ impl EmbeddedStore {
             ))
         })?;
         let path = dir.join(FILE_NAME);
+        super::upgrade::upgrade_if_needed(&path, cache_bytes)?;
+        let database = open_database(&path, cache_bytes)?;
+        let names = load_names(&database)?;
         let db = Arc::new(Handle {
-            current: RwLock::new(Some(Arc::new(open_database(&path, cache_bytes)?))),
+            current: RwLock::new(Some(Arc::new(database))),
             path: path.clone(),
             cache_bytes,
             readers: RwLock::new(()),
+            names: RwLock::new(names),
+            claims: Mutex::new(HashSet::new()),
         });
         let (tx, rx) = mpsc::channel(max_batch.max(64) * 4);
         let writer_db = db.clone();
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("hookrelay-store".into())
             .spawn(move || writer_loop(writer_db, rx, max_batch.max(1), observer))
             .map_err(|e| StoreError::Backend(format!("cannot start store writer: {e}")))?;
         Ok(Self {
             db,
-            writer: tx,
+            writer: Mutex::new(Some(tx)),
+            thread: Mutex::new(Some(thread)),
             path,
         })
     }
@@ -225,50 +375,95 @@ impl EmbeddedStore {
     }
 
     async fn submit(&self, op: Op) -> Result<Done, StoreError> {
+        let stopped = || StoreError::Unavailable("the store writer has stopped".into());
+        let writer = self.writer.lock().expect("writer lock").clone();
+        let writer = writer.ok_or_else(stopped)?;
         let (reply, answer) = oneshot::channel();
-        match self
-            .writer
-            .send_timeout(Request { op, reply }, QUEUE_WAIT)
-            .await
-        {
+        match writer.send_timeout(Request { op, reply }, QUEUE_WAIT).await {
             Ok(()) => {}
             Err(mpsc::error::SendTimeoutError::Timeout(_)) => return Err(StoreError::Overloaded),
-            Err(mpsc::error::SendTimeoutError::Closed(_)) => {
-                return Err(StoreError::Unavailable(
-                    "the store writer has stopped".into(),
-                ))
-            }
+            Err(mpsc::error::SendTimeoutError::Closed(_)) => return Err(stopped()),
         }
-        answer
-            .await
-            .map_err(|_| StoreError::Unavailable("the store writer has stopped".into()))?
+        answer.await.map_err(|_| stopped())?
     }
 
     async fn read<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&redb::ReadTransaction) -> Result<T, StoreError> + Send + 'static,
+        f: impl FnOnce(&Handle, &redb::ReadTransaction) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
         let db = self.db.clone();
         tokio::task::spawn_blocking(move || {
             let _reading = db.readers.read().expect("store readers lock");
             let txn = db.get()?.begin_read().map_err(backend)?;
-            f(&txn)
+            f(&db, &txn)
         })
         .await
         .map_err(|e| StoreError::Unavailable(format!("read task failed: {e}")))?
     }
 }
 
-fn backend(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Backend(e.to_string())
+/// Read-side helpers over one read transaction.
+fn seq_of(txn: &redb::ReadTransaction, event: EventId) -> Result<Option<KeyRecord>, StoreError> {
+    let keys = txn.open_table(KEYS).map_err(backend)?;
+    match keys.get(event.0).map_err(backend)? {
+        Some(v) => codec::decode_key(v.value()).map(Some),
+        None => Ok(None),
+    }
 }
 
-fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, StoreError> {
-    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt(e.to_string()))
+fn read_event(
+    txn: &redb::ReadTransaction,
+    seq: u64,
+    with_body: bool,
+) -> Result<Option<EventRecord>, StoreError> {
+    let events = txn.open_table(EVENTS).map_err(backend)?;
+    match events.get(seq).map_err(backend)? {
+        Some(v) => codec::decode_event(v.value(), with_body).map(Some),
+        None => Ok(None),
+    }
 }
 
-fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
-    serde_json::to_vec(value).expect("store records always serialise")
+fn view(names: &Names, e: &EventRecord, d: &DeliveryRecord) -> DeliveryView {
+    let (route, subscriber) = names.lane(d.lane);
+    DeliveryView {
+        id: DeliveryId {
+            event: e.id,
+            subscriber: subscriber.clone(),
+        }
+        .to_string(),
+        event_id: e.id,
+        route,
+        subscriber,
+        state: d.state,
+        attempts: d.attempts,
+        due_ms: d.due_ms,
+        received_ms: e.received_ms,
+        schedule_start_ms: d.schedule_start_ms,
+        updated_ms: d.updated_ms,
+        dead_reason: d.dead_reason.clone(),
+        history: d.history.clone(),
+    }
+}
+
+fn summary(names: &Names, e: &EventRecord) -> EventSummary {
+    EventSummary {
+        event_id: e.id,
+        route: names.route(e.route),
+        received_ms: e.received_ms,
+        source_id: e.source_id.clone(),
+        status: e.status.clone(),
+        origin: e.origin,
+        body_len: e.body.len() as u64,
+        deliveries: e
+            .deliveries
+            .iter()
+            .map(|d| DeliveryBrief {
+                subscriber: names.lane(d.lane).1,
+                state: d.state,
+                attempts: d.attempts,
+            })
+            .collect(),
+    }
 }
 
 fn writer_loop(
@@ -288,19 +483,18 @@ fn writer_loop(
         }
         let started = Instant::now();
         let size = batch.len();
-        // The first sequence number this batch hands out (known once its
-        // transaction began): events at or above it were written by it.
-        let mut first_seq = None;
+        let mut effects = Effects::default();
         let applied = match db.get() {
-            Ok(database) => apply_batch(&database, &mut batch, &mut first_seq),
+            Ok(database) => apply_batch(&db, &database, &mut batch, &mut effects),
             // A previous reopen failed: try again before giving up on this batch.
             Err(_) => db.reopen().and_then(|_| {
                 let database = db.get()?;
-                apply_batch(&database, &mut batch, &mut first_seq)
+                apply_batch(&db, &database, &mut batch, &mut effects)
             }),
         };
         match applied {
             Ok(results) => {
+                effects.after_commit(&db);
                 if let Some(observe) = &observer {
                     observe(size, started.elapsed());
                 }
@@ -310,6 +504,8 @@ fn writer_loop(
             }
             Err(e) => {
                 tracing::error!(error = %e, batch = size, "store commit failed");
+                let first_seq = effects.first_seq;
+                effects.after_failure(&db);
                 // redb refuses all work after an I/O error until reopened.
                 let reopened = db.reopen();
                 if let Err(e) = &reopened {
@@ -317,18 +513,23 @@ fn writer_loop(
                 }
                 for request in batch.drain(..) {
                     // A commit can fail after its data reached the disk: an
-                    // event found in the reopened store was committed, and
-                    // its sender must hear so (a 503 would make its retry a
-                    // `duplicate` whose deliveries no lane was given).
+                    // event found in the reopened store under a sequence
+                    // number of this batch was committed, and its sender must
+                    // hear so (a 503 would make its retry a `duplicate` whose
+                    // deliveries no lane was given).
                     let durable = match (&reopened, &request.op, first_seq) {
                         (Ok(()), Op::Append(event), Some(first)) => {
-                            committed_seq(&db, &event.event_id).filter(|seq| *seq >= first)
+                            committed_seq(&db, event.id).is_some_and(|seq| seq >= first)
                         }
-                        _ => None,
+                        _ => false,
                     };
-                    let answer = match durable {
-                        Some(seq) => Ok(Done::Append(AppendOutcome::Accepted { seq })),
-                        None => Err(StoreError::Unavailable(e.to_string())),
+                    let answer = if durable {
+                        if let Op::Append(event) = &request.op {
+                            claim_appended(&db, event);
+                        }
+                        Ok(Done::Append(AppendOutcome::Accepted))
+                    } else {
+                        Err(StoreError::Unavailable(e.to_string()))
                     };
                     let _ = request.reply.send(answer);
                 }
@@ -338,424 +539,826 @@ fn writer_loop(
     tracing::debug!("store writer stopped");
 }
 
-/// The sequence number of a stored event, if the store holds it.
-fn committed_seq(db: &Handle, event_id: &str) -> Option<u64> {
-    let _reading = db.readers.read().ok()?;
-    let txn = db.get().ok()?.begin_read().ok()?;
-    let ids = txn.open_table(IDS).ok()?;
-    let found = ids.get(event_id).ok()??;
-    Some(found.value().0)
+/// Marks the deliveries of an event found committed as claimed by us.
+fn claim_appended(db: &Handle, event: &NewEvent) {
+    let Some(seq) = committed_seq(db, event.id) else {
+        return;
+    };
+    let names = db.names.read().expect("names lock");
+    let mut claims = db.claims.lock().expect("claims lock");
+    for sub in &event.subscribers {
+        if let Some(lane) = names.lane_id(&event.route, sub) {
+            claims.insert((lane, seq));
+        }
+    }
 }
 
-/// Applies every request in one transaction. A per-request problem (a
-/// missing record) is that request's answer; a database error aborts the
-/// whole transaction and fails every waiter.
+/// The sequence number of a stored event, if the store holds it.
+fn committed_seq(db: &Handle, event: EventId) -> Option<u64> {
+    let _reading = db.readers.read().ok()?;
+    let txn = db.get().ok()?.begin_read().ok()?;
+    seq_of(&txn, event).ok()?.map(|k| k.seq)
+}
+
+/// What a batch changes outside the database: claims taken before the
+/// commit (so no reader can claim the same delivery in between) and claims
+/// to drop after it, and names to forget if the commit fails.
+#[derive(Default)]
+struct Effects {
+    /// The first sequence number the batch handed out.
+    first_seq: Option<u64>,
+    /// Claims taken by appends of this batch.
+    claimed: Vec<(u32, u64)>,
+    /// Claims released by this batch's results (dropped once committed).
+    released: Vec<(u32, u64)>,
+    /// Names allocated in this batch.
+    new_names: Vec<u32>,
+}
+
+impl Effects {
+    fn after_commit(self, db: &Handle) {
+        if !self.released.is_empty() {
+            let mut claims = db.claims.lock().expect("claims lock");
+            for c in &self.released {
+                claims.remove(c);
+            }
+        }
+    }
+
+    fn after_failure(self, db: &Handle) {
+        let mut claims = db.claims.lock().expect("claims lock");
+        for c in &self.claimed {
+            claims.remove(c);
+        }
+        drop(claims);
+        let mut names = db.names.write().expect("names lock");
+        for id in &self.new_names {
+            if let Some(name) = names.by_id.remove(id) {
+                names.by_name.remove(&name);
+            }
+        }
+    }
+}
+
+/// Applies every request in one transaction. A per-request problem is that
+/// request's answer; a database error aborts the whole transaction and
+/// fails every waiter.
 fn apply_batch(
+    handle: &Handle,
     db: &Database,
     batch: &mut [Request],
-    first_seq: &mut Option<u64>,
+    effects: &mut Effects,
 ) -> Result<Vec<Result<Done, StoreError>>, StoreError> {
     let txn = db.begin_write().map_err(backend)?;
     let mut results = Vec::with_capacity(batch.len());
     {
-        let mut t = Tables::open(&txn)?;
-        *first_seq = Some(t.next_seq);
+        let mut t = Tables::open(&txn, handle)?;
+        effects.first_seq = Some(t.next_seq);
         for request in batch.iter_mut() {
             let result = match &mut request.op {
-                Op::Append(event) => t.append(event).map(Done::Append),
-                Op::Attempt(update) => t.attempt(update).map(Done::Flag),
-                Op::Replay(selector, now) => t.replay(selector, *now).map(Done::Records),
-                Op::Kill(id, reason, now) => t.kill(id, reason, *now).map(Done::Flag),
-                Op::Delete(id) => t.delete_dead(id).map(Done::Flag),
-                Op::Prune(policy) => t.prune(*policy).map(Done::Count),
+                Op::Append(event) => t.append(event, effects).map(Done::Append),
+                Op::Attempt(update) => t.attempt(update, effects).map(Done::Recorded),
+                Op::Replay(selector, now, limit) => {
+                    t.replay(selector, *now, *limit).map(Done::Views)
+                }
+                Op::Delete(selector, now, limit) => {
+                    t.delete_dead(selector, *now, *limit).map(Done::Views)
+                }
+                Op::Kill(route, sub, reason, now, limit) => t
+                    .kill_pending(route, sub, reason, *now, *limit)
+                    .map(Done::Count),
+                Op::Prune(policy) => t.prune(*policy).map(Done::Pruned),
+                Op::Size => Ok(Done::Size(StoreSize::default())),
             };
             match result {
                 Err(StoreError::Backend(e)) => return Err(StoreError::Backend(e)),
                 other => results.push(other),
             }
         }
-        t.save_counters()?;
+        t.save_meta()?;
+    }
+    // `Size` answers with the transaction's view of the file.
+    if batch.iter().any(|r| matches!(r.op, Op::Size)) {
+        let stats = txn.stats().map_err(backend)?;
+        let used = stats.allocated_pages() * stats.page_size() as u64;
+        let file = std::fs::metadata(&handle.path)
+            .map(|m| m.len())
+            .unwrap_or(0);
+        for (request, result) in batch.iter().zip(results.iter_mut()) {
+            if matches!(request.op, Op::Size) {
+                *result = Ok(Done::Size(StoreSize {
+                    file_bytes: file,
+                    used_bytes: used,
+                }));
+            }
+        }
     }
     txn.commit().map_err(backend)?;
     Ok(results)
 }
 
-/// Splits a delivery id into event id and subscriber.
-fn split_id(id: &str) -> Option<(&str, &str)> {
-    id.split_once('.')
-}
-
 /// The open tables of one write transaction.
 struct Tables<'t> {
-    ids: redb::Table<'t, &'static str, (u64, u64)>,
+    handle: &'t Handle,
+    names_table: redb::Table<'t, u32, &'static str>,
+    meta: redb::Table<'t, &'static str, u64>,
+    keys: redb::Table<'t, u128, &'static [u8]>,
     events: redb::Table<'t, u64, &'static [u8]>,
-    bodies: redb::Table<'t, u64, &'static [u8]>,
-    open: redb::Table<'t, u64, u32>,
-    deliveries: redb::Table<'t, (u64, &'static str), &'static [u8]>,
-    due: redb::Table<'t, (u64, u64, &'static str), ()>,
-    dead: redb::Table<'t, (u64, u64, &'static str), ()>,
+    due: redb::Table<'t, (u32, u64, u64), ()>,
+    dead: redb::Table<'t, (u32, u64, u64), ()>,
     done: redb::Table<'t, (u64, u64), ()>,
-    counters: redb::Table<'t, &'static str, u64>,
-    /// The next event's sequence number.
+    sources: redb::Table<'t, (u64, u64), ()>,
+    counts: redb::Table<'t, u32, (u64, u64)>,
+    /// Pending and dead count changes per lane, written once at the end.
+    count_delta: BTreeMap<u32, (i64, i64)>,
     next_seq: u64,
-    /// `next_seq` when the transaction began (saved only if it moved).
-    first_seq: u64,
+    next_name: u64,
+    start: (u64, u64),
 }
 
 impl<'t> Tables<'t> {
-    fn open(txn: &'t redb::WriteTransaction) -> Result<Self, StoreError> {
-        let events = txn.open_table(EVENTS).map_err(backend)?;
-        let counters = txn.open_table(COUNTERS).map_err(backend)?;
-        let stored = counters.get(NEXT_SEQ).map_err(backend)?.map(|v| v.value());
-        let after_last = match events.last().map_err(backend)? {
-            Some((seq, _)) => seq.value() + 1,
-            None => 1,
+    fn open(txn: &'t redb::WriteTransaction, handle: &'t Handle) -> Result<Self, StoreError> {
+        let meta = txn.open_table(META).map_err(backend)?;
+        let get = |k: &str| -> Result<Option<u64>, StoreError> {
+            Ok(meta.get(k).map_err(backend)?.map(|v| v.value()))
         };
-        let next_seq = stored.unwrap_or(1).max(after_last);
+        let next_seq = get(NEXT_SEQ)?.unwrap_or(1);
+        let next_name = get(NEXT_NAME)?.unwrap_or(1);
         Ok(Self {
-            counters,
-            first_seq: next_seq,
-            ids: txn.open_table(IDS).map_err(backend)?,
-            events,
-            bodies: txn.open_table(BODIES).map_err(backend)?,
-            open: txn.open_table(OPEN).map_err(backend)?,
-            deliveries: txn.open_table(DELIVERIES).map_err(backend)?,
+            handle,
+            names_table: txn.open_table(NAMES).map_err(backend)?,
+            keys: txn.open_table(KEYS).map_err(backend)?,
+            events: txn.open_table(EVENTS).map_err(backend)?,
             due: txn.open_table(DUE).map_err(backend)?,
             dead: txn.open_table(DEAD).map_err(backend)?,
             done: txn.open_table(DONE).map_err(backend)?,
+            sources: txn.open_table(SOURCES).map_err(backend)?,
+            counts: txn.open_table(COUNTS).map_err(backend)?,
+            meta,
+            count_delta: BTreeMap::new(),
             next_seq,
+            next_name,
+            start: (next_seq, next_name),
         })
     }
 
-    fn seq_of(&self, event_id: &str) -> Result<Option<u64>, StoreError> {
-        Ok(self
-            .ids
-            .get(event_id)
-            .map_err(backend)?
-            .map(|v| v.value().0))
-    }
-
-    /// Persists the sequence counter if this transaction used numbers.
-    fn save_counters(&mut self) -> Result<(), StoreError> {
-        if self.next_seq != self.first_seq {
-            self.counters
-                .insert(NEXT_SEQ, self.next_seq)
+    /// Writes counters and count changes.
+    fn save_meta(&mut self) -> Result<(), StoreError> {
+        if self.next_seq != self.start.0 {
+            self.meta.insert(NEXT_SEQ, self.next_seq).map_err(backend)?;
+        }
+        if self.next_name != self.start.1 {
+            self.meta
+                .insert(NEXT_NAME, self.next_name)
+                .map_err(backend)?;
+        }
+        for (lane, (dp, dd)) in std::mem::take(&mut self.count_delta) {
+            if dp == 0 && dd == 0 {
+                continue;
+            }
+            let (p, d) = self
+                .counts
+                .get(lane)
+                .map_err(backend)?
+                .map(|v| v.value())
+                .unwrap_or((0, 0));
+            let apply = |v: u64, delta: i64| v.saturating_add_signed(delta);
+            self.counts
+                .insert(lane, (apply(p, dp), apply(d, dd)))
                 .map_err(backend)?;
         }
         Ok(())
     }
 
-    fn delivery(&self, seq: u64, subscriber: &str) -> Result<Option<DeliveryRecord>, StoreError> {
-        match self.deliveries.get((seq, subscriber)).map_err(backend)? {
-            Some(bytes) => decode(bytes.value()).map(Some),
+    fn count(&mut self, lane: u32, pending: i64, dead: i64) {
+        let entry = self.count_delta.entry(lane).or_default();
+        entry.0 += pending;
+        entry.1 += dead;
+    }
+
+    /// The number of a name, allocating one if it is new.
+    fn name_id(&mut self, name: &str, effects: &mut Effects) -> Result<u32, StoreError> {
+        if let Some(id) = self.handle.names.read().expect("names lock").id(name) {
+            return Ok(id);
+        }
+        let id = u32::try_from(self.next_name)
+            .map_err(|_| StoreError::Backend("name table is full".into()))?;
+        self.next_name += 1;
+        self.names_table.insert(id, name).map_err(backend)?;
+        self.handle
+            .names
+            .write()
+            .expect("names lock")
+            .insert(id, name);
+        effects.new_names.push(id);
+        Ok(id)
+    }
+
+    fn lane_id(&self, route: &str, subscriber: &str) -> Option<u32> {
+        self.handle
+            .names
+            .read()
+            .expect("names lock")
+            .lane_id(route, subscriber)
+    }
+
+    fn key(&self, event: EventId) -> Result<Option<KeyRecord>, StoreError> {
+        match self.keys.get(event.0).map_err(backend)? {
+            Some(v) => codec::decode_key(v.value()).map(Some),
             None => Ok(None),
         }
     }
 
-    /// The delivery with this id (`{event_id}.{subscriber}`), if any.
-    fn delivery_by_id(&self, id: &str) -> Result<Option<DeliveryRecord>, StoreError> {
-        let Some((event_id, subscriber)) = split_id(id) else {
-            return Ok(None);
-        };
-        match self.seq_of(event_id)? {
-            Some(seq) => self.delivery(seq, subscriber),
+    fn event(&self, seq: u64) -> Result<Option<EventRecord>, StoreError> {
+        match self.events.get(seq).map_err(backend)? {
+            Some(v) => codec::decode_event(v.value(), true).map(Some),
             None => Ok(None),
         }
     }
 
-    fn put_delivery(&mut self, record: &DeliveryRecord) -> Result<(), StoreError> {
-        self.deliveries
-            .insert(
-                (record.seq, record.subscriber.as_str()),
-                encode(record).as_slice(),
-            )
+    fn put_event(&mut self, seq: u64, e: &EventRecord) -> Result<(), StoreError> {
+        self.events
+            .insert(seq, codec::encode_event(e).as_slice())
             .map_err(backend)?;
         Ok(())
     }
 
-    /// One fewer open delivery for the event; marks it done at zero.
-    fn close_one(&mut self, seq: u64, now_ms: u64) -> Result<(), StoreError> {
-        let open = self.open.get(seq).map_err(backend)?.map(|v| v.value());
-        if let Some(open) = open {
-            let left = open.saturating_sub(1);
-            self.open.insert(seq, left).map_err(backend)?;
-            if left == 0 {
-                self.done.insert((now_ms, seq), ()).map_err(backend)?;
-            }
-        }
-        Ok(())
+    /// The event of a delivery id with its sequence number.
+    fn by_event(&self, event: EventId) -> Result<Option<(u64, EventRecord)>, StoreError> {
+        let Some(key) = self.key(event)? else {
+            return Ok(None);
+        };
+        Ok(self.event(key.seq)?.map(|e| (key.seq, e)))
     }
 
-    fn append(&mut self, event: &NewEvent) -> Result<AppendOutcome, StoreError> {
-        let id = event.event_id.as_str();
-        if self.ids.get(id).map_err(backend)?.is_some() {
-            return Ok(AppendOutcome::Duplicate);
+    fn append(
+        &mut self,
+        event: &NewEvent,
+        effects: &mut Effects,
+    ) -> Result<AppendOutcome, StoreError> {
+        if let Some(key) = self.key(event.id)? {
+            // A key answers `duplicate` within its window, and for as long
+            // as its event is still held (pending deliveries, dead letters,
+            // details within retention): the same id cannot name two events.
+            let within = event.received_ms.saturating_sub(key.received_ms) <= event.ttl_ms;
+            let held = self.events.get(key.seq).map_err(backend)?.is_some();
+            if within || held {
+                return Ok(AppendOutcome::Duplicate);
+            }
         }
         let seq = self.next_seq;
         self.next_seq += 1;
-        let meta = EventMeta {
-            event_id: event.event_id.clone(),
-            route: event.route.to_string(),
-            received_ms: event.received_ms,
-            headers: event.headers.clone(),
-            subscribers: event.subscribers.iter().map(|s| s.to_string()).collect(),
-            open: event.subscribers.len() as u32,
-            body_len: event.body.len() as u64,
-        };
-        self.ids
-            .insert(id, (seq, event.received_ms))
-            .map_err(backend)?;
-        self.events
-            .insert(seq, encode(&meta).as_slice())
-            .map_err(backend)?;
-        self.bodies.insert(seq, &event.body[..]).map_err(backend)?;
-        self.open
-            .insert(seq, event.subscribers.len() as u32)
-            .map_err(backend)?;
-        for subscriber in &event.subscribers {
-            let record = DeliveryRecord {
-                id: DeliveryRecord::id_for(id, subscriber),
-                seq,
-                event_id: event.event_id.clone(),
-                route: event.route.to_string(),
-                subscriber: subscriber.to_string(),
+        let route = self.name_id(&event.route, effects)?;
+        let mut deliveries = Vec::with_capacity(event.subscribers.len());
+        for sub in &event.subscribers {
+            let lane = self.name_id(&lane_name(&event.route, sub), effects)?;
+            deliveries.push(DeliveryRecord {
+                lane,
                 state: DeliveryState::Pending,
                 attempts: 0,
                 due_ms: event.received_ms,
-                received_ms: event.received_ms,
                 schedule_start_ms: event.received_ms,
                 updated_ms: event.received_ms,
                 dead_reason: None,
                 history: Vec::new(),
-            };
-            self.put_delivery(&record)?;
-            self.due
-                .insert((record.due_ms, seq, &**subscriber), ())
+            });
+        }
+        let record = EventRecord {
+            id: event.id,
+            received_ms: event.received_ms,
+            route,
+            origin: event.origin,
+            status: event.status.clone(),
+            source_id: event.source_id.clone(),
+            headers: event.headers.clone(),
+            deliveries,
+            body: event.body.clone(),
+        };
+        self.keys
+            .insert(
+                event.id.0,
+                codec::encode_key(&KeyRecord {
+                    received_ms: event.received_ms,
+                    seq,
+                    route,
+                })
+                .as_slice(),
+            )
+            .map_err(backend)?;
+        self.put_event(seq, &record)?;
+        if let Some(source) = &event.source_id {
+            self.sources
+                .insert((codec::source_hash(route, source), seq), ())
                 .map_err(backend)?;
         }
-        if event.subscribers.is_empty() {
+        let mut claims = self.handle.claims.lock().expect("claims lock");
+        for d in &record.deliveries {
+            self.due
+                .insert((d.lane, d.due_ms, seq), ())
+                .map_err(backend)?;
+            claims.insert((d.lane, seq));
+            effects.claimed.push((d.lane, seq));
+        }
+        drop(claims);
+        for d in &record.deliveries {
+            self.count(d.lane, 1, 0);
+        }
+        if record.deliveries.is_empty() {
             self.done
                 .insert((event.received_ms, seq), ())
                 .map_err(backend)?;
         }
-        Ok(AppendOutcome::Accepted { seq })
+        Ok(AppendOutcome::Accepted)
     }
 
-    fn attempt(&mut self, update: &AttemptUpdate) -> Result<bool, StoreError> {
-        let Some(mut record) = self.delivery(update.seq, &update.subscriber)? else {
-            return Ok(false);
+    fn attempt(
+        &mut self,
+        update: &AttemptUpdate,
+        effects: &mut Effects,
+    ) -> Result<Recorded, StoreError> {
+        let Some(lane) = self.lane_id(&update.route, &update.subscriber) else {
+            return Ok(Recorded::Stale);
         };
-        if record.state != DeliveryState::Pending {
-            // Made a dead letter meanwhile (subscriber removed): ignored.
-            return Ok(false);
+        let Some((seq, mut e)) = self.by_event(update.event)? else {
+            return Ok(Recorded::Stale);
+        };
+        if !self
+            .handle
+            .claims
+            .lock()
+            .expect("claims lock")
+            .contains(&(lane, seq))
+        {
+            return Ok(Recorded::Stale);
         }
-        let seq = record.seq;
-        self.due
-            .remove((record.due_ms, seq, record.subscriber.as_str()))
-            .map_err(backend)?;
-        record.attempts = record.attempts.max(update.attempt.attempt);
-        record.history.push(update.attempt.clone());
-        if record.history.len() > ATTEMPT_HISTORY {
-            let excess = record.history.len() - ATTEMPT_HISTORY;
-            record.history.drain(..excess);
+        let Some(d) = e.delivery_mut(lane) else {
+            return Ok(Recorded::Stale);
+        };
+        if d.state != DeliveryState::Pending {
+            return Ok(Recorded::Stale);
         }
-        let now = update.attempt.at_ms + update.attempt.duration_ms;
-        record.updated_ms = now;
+        self.due.remove((lane, d.due_ms, seq)).map_err(backend)?;
+        let now = match &update.attempt {
+            Some(a) => {
+                d.attempts = d.attempts.max(a.attempt);
+                let end = a.at_ms.saturating_add(a.duration_ms);
+                EventRecord::push_attempt(d, a.clone());
+                end
+            }
+            None => super::now_ms(),
+        };
+        d.updated_ms = now;
+        let mut release = true;
+        let mut closed = false;
         match &update.next {
-            Next::Retry { due_ms } => {
-                record.due_ms = *due_ms;
+            Next::Retry { due_ms, keep_claim } => {
+                d.due_ms = *due_ms;
+                release = !keep_claim;
                 self.due
-                    .insert((record.due_ms, seq, record.subscriber.as_str()), ())
+                    .insert((lane, d.due_ms, seq), ())
                     .map_err(backend)?;
             }
             Next::Delivered => {
-                record.state = DeliveryState::Delivered;
-                self.close_one(seq, now)?;
+                d.state = DeliveryState::Delivered;
+                self.count(lane, -1, 0);
+                closed = true;
             }
             Next::Dead { reason } => {
-                record.state = DeliveryState::Dead;
-                record.dead_reason = Some(reason.clone());
-                self.dead
-                    .insert((now, seq, record.subscriber.as_str()), ())
-                    .map_err(backend)?;
+                d.state = DeliveryState::Dead;
+                d.dead_reason = Some(reason.clone());
+                self.dead.insert((lane, now, seq), ()).map_err(backend)?;
+                self.count(lane, -1, 1);
             }
         }
-        self.put_delivery(&record)?;
-        Ok(true)
+        if closed && e.open() == 0 {
+            self.done.insert((now, seq), ()).map_err(backend)?;
+        }
+        self.put_event(seq, &e)?;
+        if release {
+            effects.released.push((lane, seq));
+        }
+        Ok(Recorded::Applied)
     }
 
-    fn replay(
-        &mut self,
-        selector: &ReplaySelector,
-        now_ms: u64,
-    ) -> Result<Vec<DeliveryRecord>, StoreError> {
-        let mut records = Vec::new();
+    /// The dead letters a selector names (at most `limit`), as (lane, seq).
+    fn select_dead(
+        &self,
+        selector: &DeadSelector,
+        limit: usize,
+    ) -> Result<Vec<(u32, u64)>, StoreError> {
+        let mut out = Vec::new();
         match selector {
-            ReplaySelector::Ids(ids) => {
-                // Each id once, even if the request repeats one.
-                let mut seen = std::collections::HashSet::new();
-                for id in ids.iter().filter(|id| seen.insert(id.as_str())) {
-                    if let Some(record) = self.delivery_by_id(id)? {
-                        records.push(record);
+            DeadSelector::Ids(ids) => {
+                let mut seen = HashSet::new();
+                for id in ids {
+                    if out.len() >= limit {
+                        break;
+                    }
+                    let Some(key) = self.key(id.event)? else {
+                        continue;
+                    };
+                    let route = self
+                        .handle
+                        .names
+                        .read()
+                        .expect("names lock")
+                        .route(key.route);
+                    let Some(lane) = self.lane_id(&route, &id.subscriber) else {
+                        continue;
+                    };
+                    if seen.insert((lane, key.seq)) {
+                        out.push((lane, key.seq));
                     }
                 }
             }
-            ReplaySelector::Subscriber { route, subscriber } => {
-                let mut keys = Vec::new();
-                for entry in self.dead.iter().map_err(backend)? {
-                    let (key, _) = entry.map_err(backend)?;
-                    let (_, seq, sub) = key.value();
-                    if sub == subscriber {
-                        keys.push(seq);
-                    }
-                }
-                for seq in keys {
-                    if let Some(record) = self.delivery(seq, subscriber)? {
-                        if &record.route == route {
-                            records.push(record);
+            DeadSelector::Subscriber { route, subscriber } => {
+                if let Some(lane) = self.lane_id(route, subscriber) {
+                    for entry in self
+                        .dead
+                        .range((lane, 0, 0)..=(lane, u64::MAX, u64::MAX))
+                        .map_err(backend)?
+                    {
+                        let (key, _) = entry.map_err(backend)?;
+                        let (_, _, seq) = key.value();
+                        out.push((lane, seq));
+                        if out.len() >= limit {
+                            break;
                         }
                     }
                 }
             }
         }
-        let mut requeued = Vec::new();
-        for mut record in records {
-            if record.state != DeliveryState::Dead {
+        Ok(out)
+    }
+
+    fn replay(
+        &mut self,
+        selector: &DeadSelector,
+        now_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<DeliveryView>, StoreError> {
+        let mut out = Vec::new();
+        for (lane, seq) in self.select_dead(selector, limit)? {
+            let Some(mut e) = self.event(seq)? else {
+                continue;
+            };
+            let Some(d) = e.delivery_mut(lane) else {
+                continue;
+            };
+            if d.state != DeliveryState::Dead {
                 continue;
             }
-            let seq = record.seq;
             self.dead
-                .remove((record.updated_ms, seq, record.subscriber.as_str()))
+                .remove((lane, d.updated_ms, seq))
                 .map_err(backend)?;
-            record.state = DeliveryState::Pending;
-            record.attempts = 0;
-            record.dead_reason = None;
-            record.due_ms = now_ms;
-            record.schedule_start_ms = now_ms;
-            record.updated_ms = now_ms;
-            self.due
-                .insert((record.due_ms, seq, record.subscriber.as_str()), ())
+            d.state = DeliveryState::Pending;
+            d.attempts = 0;
+            d.dead_reason = None;
+            d.due_ms = now_ms;
+            d.schedule_start_ms = now_ms;
+            d.updated_ms = now_ms;
+            self.due.insert((lane, now_ms, seq), ()).map_err(backend)?;
+            self.count(lane, 1, -1);
+            self.put_event(seq, &e)?;
+            let names = self.handle.names.read().expect("names lock");
+            let d = e
+                .deliveries
+                .iter()
+                .find(|d| d.lane == lane)
+                .expect("found above");
+            out.push(view(&names, &e, d));
+        }
+        Ok(out)
+    }
+
+    fn delete_dead(
+        &mut self,
+        selector: &DeadSelector,
+        now_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<DeliveryView>, StoreError> {
+        let mut out = Vec::new();
+        for (lane, seq) in self.select_dead(selector, limit)? {
+            if let Some(v) = self.delete_one(lane, seq, now_ms, None)? {
+                out.push(v);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Deletes one dead letter (the record stays, in state `deleted`, so the
+    /// event's history stays complete). `done_at` overrides when the event
+    /// counts as done for the pruner (expired dead letters go at once).
+    fn delete_one(
+        &mut self,
+        lane: u32,
+        seq: u64,
+        now_ms: u64,
+        done_at: Option<u64>,
+    ) -> Result<Option<DeliveryView>, StoreError> {
+        let Some(mut e) = self.event(seq)? else {
+            return Ok(None);
+        };
+        let Some(d) = e.delivery_mut(lane) else {
+            return Ok(None);
+        };
+        if d.state != DeliveryState::Dead {
+            return Ok(None);
+        }
+        self.dead
+            .remove((lane, d.updated_ms, seq))
+            .map_err(backend)?;
+        d.state = DeliveryState::Deleted;
+        d.updated_ms = now_ms;
+        self.count(lane, 0, -1);
+        if e.open() == 0 {
+            self.done
+                .insert((done_at.unwrap_or(now_ms), seq), ())
                 .map_err(backend)?;
-            self.put_delivery(&record)?;
-            requeued.push(record);
         }
-        Ok(requeued)
+        self.put_event(seq, &e)?;
+        let names = self.handle.names.read().expect("names lock");
+        let d = e
+            .deliveries
+            .iter()
+            .find(|d| d.lane == lane)
+            .expect("found above");
+        Ok(Some(view(&names, &e, d)))
     }
 
-    fn kill(&mut self, id: &str, reason: &str, now_ms: u64) -> Result<bool, StoreError> {
-        let Some(mut record) = self.delivery_by_id(id)? else {
-            return Ok(false);
+    fn kill_pending(
+        &mut self,
+        route: &str,
+        subscriber: &str,
+        reason: &str,
+        now_ms: u64,
+        limit: usize,
+    ) -> Result<usize, StoreError> {
+        let Some(lane) = self.lane_id(route, subscriber) else {
+            return Ok(0);
         };
-        if record.state != DeliveryState::Pending {
-            return Ok(false);
+        let mut victims = Vec::new();
+        for entry in self
+            .due
+            .range((lane, 0, 0)..=(lane, u64::MAX, u64::MAX))
+            .map_err(backend)?
+        {
+            let (key, _) = entry.map_err(backend)?;
+            victims.push(key.value());
+            if victims.len() >= limit {
+                break;
+            }
         }
-        let seq = record.seq;
-        self.due
-            .remove((record.due_ms, seq, record.subscriber.as_str()))
-            .map_err(backend)?;
-        record.state = DeliveryState::Dead;
-        record.dead_reason = Some(reason.to_string());
-        record.updated_ms = now_ms;
-        self.dead
-            .insert((now_ms, seq, record.subscriber.as_str()), ())
-            .map_err(backend)?;
-        self.put_delivery(&record)?;
-        Ok(true)
+        let claims = self.handle.claims.lock().expect("claims lock").clone();
+        let mut killed = 0;
+        for (lane, due, seq) in victims {
+            if claims.contains(&(lane, seq)) {
+                continue;
+            }
+            let Some(mut e) = self.event(seq)? else {
+                continue;
+            };
+            let Some(d) = e.delivery_mut(lane) else {
+                continue;
+            };
+            if d.state != DeliveryState::Pending {
+                continue;
+            }
+            self.due.remove((lane, due, seq)).map_err(backend)?;
+            d.state = DeliveryState::Dead;
+            d.dead_reason = Some(reason.to_string());
+            d.updated_ms = now_ms;
+            self.dead.insert((lane, now_ms, seq), ()).map_err(backend)?;
+            self.count(lane, -1, 1);
+            self.put_event(seq, &e)?;
+            killed += 1;
+        }
+        Ok(killed)
     }
 
-    fn delete_dead(&mut self, id: &str) -> Result<bool, StoreError> {
-        let Some(record) = self.delivery_by_id(id)? else {
-            return Ok(false);
-        };
-        if record.state != DeliveryState::Dead {
-            return Ok(false);
+    fn prune(&mut self, policy: PrunePolicy) -> Result<PruneReport, StoreError> {
+        let mut report = PruneReport::default();
+        // 1. Dead letters past their retention are deleted.
+        let dl_cutoff = policy
+            .now_ms
+            .saturating_sub(policy.dead_letter_retention_ms);
+        let lanes: Vec<u32> = self
+            .handle
+            .names
+            .read()
+            .expect("names lock")
+            .lanes()
+            .collect();
+        let mut expired = Vec::new();
+        for lane in lanes {
+            for entry in self
+                .dead
+                .range((lane, 0, 0)..(lane, dl_cutoff, 0))
+                .map_err(backend)?
+            {
+                let (key, _) = entry.map_err(backend)?;
+                let (lane, _, seq) = key.value();
+                expired.push((lane, seq));
+                if expired.len() >= policy.max_items {
+                    break;
+                }
+            }
+            if expired.len() >= policy.max_items {
+                report.more = true;
+                break;
+            }
         }
-        let seq = record.seq;
-        self.dead
-            .remove((record.updated_ms, seq, record.subscriber.as_str()))
-            .map_err(backend)?;
-        // The delivery stays as a closed record so the event's history is
-        // complete; it no longer holds the event open.
-        let mut closed = record.clone();
-        closed.state = DeliveryState::Delivered;
-        closed.dead_reason = Some(format!(
-            "deleted dead letter: {}",
-            record.dead_reason.as_deref().unwrap_or("")
-        ));
-        self.put_delivery(&closed)?;
-        self.close_one(seq, record.updated_ms)?;
-        Ok(true)
-    }
-
-    fn prune(&mut self, policy: PrunePolicy) -> Result<usize, StoreError> {
-        let cutoff = policy.now_ms.saturating_sub(policy.keep_ms);
+        for (lane, seq) in expired {
+            // Done "long ago": its details go in this same run.
+            if self
+                .delete_one(lane, seq, policy.now_ms, Some(0))?
+                .is_some()
+            {
+                report.dead_letters += 1;
+            }
+        }
+        // 2. Events done for longer than the retention lose their details.
+        let cutoff = policy.now_ms.saturating_sub(policy.retention_ms);
         let mut victims = Vec::new();
         for entry in self.done.range(..(cutoff, 0)).map_err(backend)? {
             let (key, _) = entry.map_err(backend)?;
             victims.push(key.value());
-            if victims.len() >= policy.max_events {
+            if victims.len() >= policy.max_items {
+                report.more = true;
                 break;
             }
         }
-        let mut removed = 0;
         for (at, seq) in victims {
             self.done.remove((at, seq)).map_err(backend)?;
-            if self.open.get(seq).map_err(backend)?.map(|v| v.value()) != Some(0) {
-                // A dead letter was replayed meanwhile: it is done again later.
+            let Some(e) = self.event(seq)? else {
                 continue;
-            }
-            let meta: EventMeta = match self.events.get(seq).map_err(backend)? {
-                Some(bytes) => decode(bytes.value())?,
-                None => continue,
             };
-            if meta.received_ms > cutoff {
-                // Done early but still within its idempotency window: look again later.
-                self.done
-                    .insert((meta.received_ms, seq), ())
-                    .map_err(backend)?;
+            if e.open() > 0 {
+                // Reopened since (a replay): it is done again later.
                 continue;
             }
-            for subscriber in &meta.subscribers {
-                self.deliveries
-                    .remove((seq, subscriber.as_str()))
+            if let Some(source) = &e.source_id {
+                self.sources
+                    .remove((codec::source_hash(e.route, source), seq))
                     .map_err(backend)?;
             }
             self.events.remove(seq).map_err(backend)?;
-            self.bodies.remove(seq).map_err(backend)?;
-            self.open.remove(seq).map_err(backend)?;
-            self.ids.remove(meta.event_id.as_str()).map_err(backend)?;
-            removed += 1;
+            report.details += 1;
         }
-        Ok(removed)
+        // 3. Keys past the idempotency window whose details are gone, a few
+        //    slices of the id space per run: enough that the whole space is
+        //    swept once per quarter of the window, never all of it at once
+        //    unless the window is that short.
+        let key_cutoff = policy.now_ms.saturating_sub(policy.ttl_ms);
+        let mut slice = self
+            .meta
+            .get(SWEEP_SLICE)
+            .map_err(backend)?
+            .map_or(0, |v| v.value());
+        let last = self
+            .meta
+            .get(SWEEP_AT)
+            .map_err(backend)?
+            .map_or(0, |v| v.value());
+        let quarter = (policy.ttl_ms / 4).max(1);
+        let elapsed = if last == 0 {
+            0
+        } else {
+            policy.now_ms.saturating_sub(last)
+        };
+        let slices = (u128::from(SWEEP_SLICES) * u128::from(elapsed))
+            .div_ceil(u128::from(quarter))
+            .clamp(1, u128::from(SWEEP_SLICES)) as u64;
+        let width = u128::MAX / u128::from(SWEEP_SLICES) + 1;
+        for _ in 0..slices {
+            let lo = width * u128::from(slice);
+            let hi = lo.saturating_add(width - 1);
+            let events = &self.events;
+            let mut failed = None;
+            self.keys
+                .retain_in(lo..=hi, |_, value| {
+                    let Ok(key) = codec::decode_key(value) else {
+                        return true;
+                    };
+                    if key.received_ms >= key_cutoff {
+                        return true;
+                    }
+                    match events.get(key.seq) {
+                        Ok(Some(_)) => true,
+                        Ok(None) => {
+                            report.keys += 1;
+                            false
+                        }
+                        Err(e) => {
+                            failed = Some(e.to_string());
+                            true
+                        }
+                    }
+                })
+                .map_err(backend)?;
+            if let Some(e) = failed {
+                return Err(StoreError::Backend(e));
+            }
+            slice = (slice + 1) % SWEEP_SLICES;
+        }
+        self.meta.insert(SWEEP_SLICE, slice).map_err(backend)?;
+        self.meta.insert(SWEEP_AT, policy.now_ms).map_err(backend)?;
+        Ok(report)
     }
 }
 
-/// Read-side helpers over one read transaction.
-struct Reader<'a> {
-    txn: &'a redb::ReadTransaction,
+/// A new, empty store file in the current layout (for the 0.1 converter).
+pub(super) fn create_for_upgrade(path: &Path, cache_bytes: usize) -> Result<Database, StoreError> {
+    open_database(path, cache_bytes)
 }
 
-impl Reader<'_> {
-    fn seq_of(&self, event_id: &str) -> Result<Option<u64>, StoreError> {
-        let ids = self.txn.open_table(IDS).map_err(backend)?;
-        Ok(ids.get(event_id).map_err(backend)?.map(|v| v.value().0))
-    }
-
-    fn deliveries(
-        &self,
-    ) -> Result<redb::ReadOnlyTable<(u64, &'static str), &'static [u8]>, StoreError> {
-        self.txn.open_table(DELIVERIES).map_err(backend)
-    }
+/// Writes whole records with their index entries, for the 0.1 converter.
+pub(super) struct RawWriter<'t> {
+    names: redb::Table<'t, u32, &'static str>,
+    meta: redb::Table<'t, &'static str, u64>,
+    keys: redb::Table<'t, u128, &'static [u8]>,
+    events: redb::Table<'t, u64, &'static [u8]>,
+    due: redb::Table<'t, (u32, u64, u64), ()>,
+    dead: redb::Table<'t, (u32, u64, u64), ()>,
+    done: redb::Table<'t, (u64, u64), ()>,
+    counts_table: redb::Table<'t, u32, (u64, u64)>,
+    counts: BTreeMap<u32, (u64, u64)>,
+    next_name: u32,
+    max_seq: u64,
 }
 
-fn read_delivery(
-    table: &redb::ReadOnlyTable<(u64, &'static str), &'static [u8]>,
-    seq: u64,
-    subscriber: &str,
-) -> Result<Option<DeliveryRecord>, StoreError> {
-    match table.get((seq, subscriber)).map_err(backend)? {
-        Some(bytes) => decode(bytes.value()).map(Some),
-        None => Ok(None),
+impl<'t> RawWriter<'t> {
+    pub(super) fn open(txn: &'t redb::WriteTransaction) -> Result<Self, StoreError> {
+        Ok(Self {
+            names: txn.open_table(NAMES).map_err(backend)?,
+            meta: txn.open_table(META).map_err(backend)?,
+            keys: txn.open_table(KEYS).map_err(backend)?,
+            events: txn.open_table(EVENTS).map_err(backend)?,
+            due: txn.open_table(DUE).map_err(backend)?,
+            dead: txn.open_table(DEAD).map_err(backend)?,
+            done: txn.open_table(DONE).map_err(backend)?,
+            counts_table: txn.open_table(COUNTS).map_err(backend)?,
+            counts: BTreeMap::new(),
+            next_name: 1,
+            max_seq: 0,
+        })
+    }
+
+    pub(super) fn add_name(&mut self, name: &str) -> Result<u32, StoreError> {
+        let id = self.next_name;
+        self.next_name += 1;
+        self.names.insert(id, name).map_err(backend)?;
+        Ok(id)
+    }
+
+    pub(super) fn put_key(&mut self, id: EventId, key: &KeyRecord) -> Result<(), StoreError> {
+        self.keys
+            .insert(id.0, codec::encode_key(key).as_slice())
+            .map_err(backend)?;
+        Ok(())
+    }
+
+    pub(super) fn put_event(&mut self, seq: u64, e: &EventRecord) -> Result<(), StoreError> {
+        self.max_seq = self.max_seq.max(seq);
+        self.events
+            .insert(seq, codec::encode_event(e).as_slice())
+            .map_err(backend)?;
+        let mut done_at = e.received_ms;
+        for d in &e.deliveries {
+            let c = self.counts.entry(d.lane).or_default();
+            match d.state {
+                DeliveryState::Pending => {
+                    c.0 += 1;
+                    self.due
+                        .insert((d.lane, d.due_ms, seq), ())
+                        .map_err(backend)?;
+                }
+                DeliveryState::Dead => {
+                    c.1 += 1;
+                    self.dead
+                        .insert((d.lane, d.updated_ms, seq), ())
+                        .map_err(backend)?;
+                }
+                _ => done_at = done_at.max(d.updated_ms),
+            }
+        }
+        if e.open() == 0 {
+            self.done.insert((done_at, seq), ()).map_err(backend)?;
+        }
+        Ok(())
+    }
+
+    pub(super) fn finish(mut self) -> Result<(), StoreError> {
+        self.meta
+            .insert(NEXT_SEQ, self.max_seq + 1)
+            .map_err(backend)?;
+        self.meta
+            .insert(NEXT_NAME, u64::from(self.next_name))
+            .map_err(backend)?;
+        for (lane, counts) in std::mem::take(&mut self.counts) {
+            self.counts_table.insert(lane, counts).map_err(backend)?;
+        }
+        Ok(())
     }
 }
 
@@ -768,98 +1371,277 @@ impl Store for EmbeddedStore {
         }
     }
 
-    async fn record_attempt(&self, update: AttemptUpdate) -> Result<bool, StoreError> {
-        match self.submit(Op::Attempt(update)).await? {
-            Done::Flag(applied) => Ok(applied),
-            _ => unreachable!("an attempt answers with a flag"),
-        }
-    }
-
-    async fn pending(&self) -> Result<Vec<DeliveryRecord>, StoreError> {
-        self.read(|txn| {
+    async fn claim_due(
+        &self,
+        route: &str,
+        subscriber: &str,
+        until_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<Claimed>, StoreError> {
+        let lane_key = lane_name(route, subscriber);
+        self.read(move |db, _| {
+            let Some(lane) = db.names.read().expect("names lock").id(&lane_key) else {
+                return Ok(Vec::new());
+            };
+            // Claims are checked and taken under their lock, with a read
+            // transaction begun inside it: the writer drops a claim only
+            // after its commit, so what we read is never older than a claim
+            // we see released.
+            let mut claims = db.claims.lock().expect("claims lock");
+            let txn = db.get()?.begin_read().map_err(backend)?;
             let due = txn.open_table(DUE).map_err(backend)?;
-            let deliveries = Reader { txn }.deliveries()?;
+            let events = txn.open_table(EVENTS).map_err(backend)?;
             let mut out = Vec::new();
-            for entry in due.iter().map_err(backend)? {
-                let (key, _) = entry.map_err(backend)?;
-                let (_, seq, subscriber) = key.value();
-                if let Some(record) = read_delivery(&deliveries, seq, subscriber)? {
-                    out.push(record);
+            for entry in due
+                .range((lane, 0, 0)..=(lane, until_ms, u64::MAX))
+                .map_err(backend)?
+            {
+                if out.len() >= limit {
+                    break;
                 }
+                let (key, _) = entry.map_err(backend)?;
+                let (_, due_ms, seq) = key.value();
+                if claims.contains(&(lane, seq)) {
+                    continue;
+                }
+                let Some(bytes) = events.get(seq).map_err(backend)? else {
+                    continue;
+                };
+                let e = codec::decode_event(bytes.value(), false)?;
+                let Some(d) = e.deliveries.iter().find(|d| d.lane == lane) else {
+                    continue;
+                };
+                if d.state != DeliveryState::Pending {
+                    continue;
+                }
+                claims.insert((lane, seq));
+                out.push(Claimed {
+                    event: e.id,
+                    attempts: d.attempts,
+                    due_ms,
+                    schedule_start_ms: d.schedule_start_ms,
+                    received_ms: e.received_ms,
+                    origin: e.origin,
+                });
             }
             Ok(out)
         })
         .await
     }
 
-    async fn body(&self, event_id: &str) -> Result<Option<Bytes>, StoreError> {
-        let id = event_id.to_string();
-        self.read(move |txn| {
-            let Some(seq) = (Reader { txn }).seq_of(&id)? else {
-                return Ok(None);
+    async fn release(
+        &self,
+        route: &str,
+        subscriber: &str,
+        events: &[EventId],
+    ) -> Result<(), StoreError> {
+        let lane_key = lane_name(route, subscriber);
+        let events = events.to_vec();
+        self.read(move |db, txn| {
+            let Some(lane) = db.names.read().expect("names lock").id(&lane_key) else {
+                return Ok(());
             };
-            let bodies = txn.open_table(BODIES).map_err(backend)?;
-            Ok(bodies
-                .get(seq)
-                .map_err(backend)?
-                .map(|b| Bytes::copy_from_slice(b.value())))
+            let mut seqs = Vec::with_capacity(events.len());
+            for event in events {
+                if let Some(k) = seq_of(txn, event)? {
+                    seqs.push(k.seq);
+                }
+            }
+            let mut claims = db.claims.lock().expect("claims lock");
+            for seq in seqs {
+                claims.remove(&(lane, seq));
+            }
+            Ok(())
         })
         .await
     }
 
-    async fn event(
-        &self,
-        event_id: &str,
-    ) -> Result<Option<(EventMeta, Vec<DeliveryRecord>)>, StoreError> {
-        let id = event_id.to_string();
-        self.read(move |txn| {
-            let reader = Reader { txn };
-            let Some(seq) = reader.seq_of(&id)? else {
+    async fn renew_claims(&self) -> Result<(), StoreError> {
+        // Claims live in this process's memory and end with it.
+        Ok(())
+    }
+
+    async fn record_attempt(&self, update: AttemptUpdate) -> Result<Recorded, StoreError> {
+        match self.submit(Op::Attempt(update)).await? {
+            Done::Recorded(r) => Ok(r),
+            _ => unreachable!("an attempt answers with a flag"),
+        }
+    }
+
+    async fn body(&self, event: EventId) -> Result<Option<Bytes>, StoreError> {
+        self.read(move |_, txn| {
+            let Some(key) = seq_of(txn, event)? else {
                 return Ok(None);
             };
             let events = txn.open_table(EVENTS).map_err(backend)?;
-            let Some(meta) = events.get(seq).map_err(backend)? else {
-                return Ok(None);
-            };
-            let mut meta: EventMeta = decode(meta.value())?;
-            let open = txn.open_table(OPEN).map_err(backend)?;
-            meta.open = open.get(seq).map_err(backend)?.map_or(0, |v| v.value());
-            let deliveries = reader.deliveries()?;
-            let mut records = Vec::new();
-            for subscriber in &meta.subscribers {
-                if let Some(r) = read_delivery(&deliveries, seq, subscriber)? {
-                    records.push(r);
-                }
+            match events.get(key.seq).map_err(backend)? {
+                Some(v) => codec::event_body(v.value()).map(Some),
+                None => Ok(None),
             }
-            Ok(Some((meta, records)))
         })
         .await
     }
 
-    async fn dead_letters(
-        &self,
-        query: DeadLetterQuery,
-    ) -> Result<Vec<DeliveryRecord>, StoreError> {
-        self.read(move |txn| {
-            let dead = txn.open_table(DEAD).map_err(backend)?;
-            let deliveries = Reader { txn }.deliveries()?;
+    async fn event(&self, event: EventId) -> Result<Option<EventView>, StoreError> {
+        self.read(move |db, txn| {
+            let Some(key) = seq_of(txn, event)? else {
+                return Ok(None);
+            };
+            let names = db.names.read().expect("names lock");
+            let Some(e) = read_event(txn, key.seq, true)? else {
+                return Ok(Some(EventView {
+                    event_id: event,
+                    route: names.route(key.route),
+                    received_ms: key.received_ms,
+                    source_id: None,
+                    status: None,
+                    origin: super::Origin::Callback,
+                    headers: Vec::new(),
+                    body_len: 0,
+                    open: 0,
+                    pruned: true,
+                    deliveries: Vec::new(),
+                }));
+            };
+            Ok(Some(EventView {
+                event_id: e.id,
+                route: names.route(e.route),
+                received_ms: e.received_ms,
+                source_id: e.source_id.clone(),
+                status: e.status.clone(),
+                origin: e.origin,
+                headers: e.headers.clone(),
+                body_len: e.body.len() as u64,
+                open: e.open(),
+                pruned: false,
+                deliveries: e.deliveries.iter().map(|d| view(&names, &e, d)).collect(),
+            }))
+        })
+        .await
+    }
+
+    async fn events(&self, query: EventQuery) -> Result<EventPage, StoreError> {
+        self.read(move |db, txn| {
+            let names = db.names.read().expect("names lock");
+            let route = match &query.route {
+                Some(r) => match names.id(r) {
+                    Some(id) => Some(id),
+                    None => {
+                        return Ok(EventPage {
+                            events: Vec::new(),
+                            next_before: None,
+                        })
+                    }
+                },
+                None => None,
+            };
+            let before = match &query.before {
+                Some(cursor) => cursor.parse::<u64>().map_err(|_| {
+                    StoreError::Corrupt("the `before` cursor is not one this store made".into())
+                })?,
+                None => u64::MAX,
+            };
+            let events = txn.open_table(EVENTS).map_err(backend)?;
             let mut out = Vec::new();
-            for entry in dead.iter().map_err(backend)?.rev() {
-                if out.len() >= query.limit {
+            if let Some(source) = &query.source_id {
+                let sources = txn.open_table(SOURCES).map_err(backend)?;
+                let routes: Vec<u32> = match route {
+                    Some(r) => vec![r],
+                    None => names.route_ids().collect(),
+                };
+                let mut seqs = Vec::new();
+                for r in routes {
+                    let h = codec::source_hash(r, source);
+                    for entry in sources.range((h, 0)..=(h, u64::MAX)).map_err(backend)? {
+                        let (key, _) = entry.map_err(backend)?;
+                        let seq = key.value().1;
+                        if seq < before {
+                            seqs.push(seq);
+                        }
+                    }
+                }
+                seqs.sort_unstable_by(|a, b| b.cmp(a));
+                for seq in seqs {
+                    if out.len() >= query.limit {
+                        break;
+                    }
+                    if let Some(v) = events.get(seq).map_err(backend)? {
+                        let e = codec::decode_event(v.value(), true)?;
+                        if e.source_id.as_deref() == Some(source.as_str()) {
+                            out.push(summary(&names, &e));
+                        }
+                    }
+                }
+                return Ok(EventPage {
+                    events: out,
+                    next_before: None,
+                });
+            }
+            let mut scanned = 0;
+            let mut last = None;
+            for entry in events.range(..before).map_err(backend)?.rev() {
+                let (key, value) = entry.map_err(backend)?;
+                let seq = key.value();
+                last = Some(seq);
+                scanned += 1;
+                let e = codec::decode_event(value.value(), true)?;
+                if route.is_none_or(|r| r == e.route) {
+                    out.push(summary(&names, &e));
+                }
+                if out.len() >= query.limit || scanned >= LIST_SCAN {
                     break;
                 }
-                let (key, _) = entry.map_err(backend)?;
-                let (_, seq, subscriber) = key.value();
-                if query.subscriber.as_ref().is_some_and(|s| s != subscriber) {
-                    continue;
+            }
+            let more = match last {
+                Some(seq) => events.range(..seq).map_err(backend)?.next_back().is_some(),
+                None => false,
+            };
+            Ok(EventPage {
+                events: out,
+                next_before: if more {
+                    last.map(|s| s.to_string())
+                } else {
+                    None
+                },
+            })
+        })
+        .await
+    }
+
+    async fn dead_letters(&self, query: DeadLetterQuery) -> Result<Vec<DeliveryView>, StoreError> {
+        self.read(move |db, txn| {
+            let names = db.names.read().expect("names lock");
+            let dead = txn.open_table(DEAD).map_err(backend)?;
+            let lanes: Vec<u32> = names
+                .lanes()
+                .filter(|id| {
+                    let (r, s) = names.lane(*id);
+                    query.route.as_ref().is_none_or(|q| *q == r)
+                        && query.subscriber.as_ref().is_none_or(|q| *q == s)
+                })
+                .collect();
+            // Newest first across lanes: the newest `limit` of each, merged.
+            let mut candidates = Vec::new();
+            for lane in lanes {
+                for entry in dead
+                    .range((lane, 0, 0)..=(lane, u64::MAX, u64::MAX))
+                    .map_err(backend)?
+                    .rev()
+                    .take(query.limit)
+                {
+                    let (key, _) = entry.map_err(backend)?;
+                    candidates.push(key.value());
                 }
-                let Some(record) = read_delivery(&deliveries, seq, subscriber)? else {
-                    continue;
-                };
-                if query.route.as_ref().is_some_and(|r| r != &record.route) {
-                    continue;
+            }
+            candidates.sort_unstable_by_key(|c| std::cmp::Reverse((c.1, c.2)));
+            candidates.truncate(query.limit);
+            let mut out = Vec::new();
+            for (lane, _, seq) in candidates {
+                if let Some(e) = read_event(txn, seq, false)? {
+                    if let Some(d) = e.deliveries.iter().find(|d| d.lane == lane) {
+                        out.push(view(&names, &e, d));
+                    }
                 }
-                out.push(record);
             }
             Ok(out)
         })
@@ -868,252 +1650,94 @@ impl Store for EmbeddedStore {
 
     async fn replay(
         &self,
-        selector: ReplaySelector,
+        selector: DeadSelector,
         now_ms: u64,
-    ) -> Result<Vec<DeliveryRecord>, StoreError> {
-        match self.submit(Op::Replay(selector, now_ms)).await? {
-            Done::Records(records) => Ok(records),
-            _ => unreachable!("replay answers with records"),
+        limit: usize,
+    ) -> Result<Vec<DeliveryView>, StoreError> {
+        match self.submit(Op::Replay(selector, now_ms, limit)).await? {
+            Done::Views(v) => Ok(v),
+            _ => unreachable!("replay answers with deliveries"),
         }
     }
 
-    async fn kill(&self, delivery_id: &str, reason: &str, now_ms: u64) -> Result<bool, StoreError> {
-        match self
-            .submit(Op::Kill(
-                delivery_id.to_string(),
-                reason.to_string(),
-                now_ms,
-            ))
-            .await?
-        {
-            Done::Flag(flag) => Ok(flag),
-            _ => unreachable!("kill answers with a flag"),
-        }
-    }
-
-    async fn delete_dead(&self, delivery_id: &str) -> Result<bool, StoreError> {
-        match self.submit(Op::Delete(delivery_id.to_string())).await? {
-            Done::Flag(flag) => Ok(flag),
-            _ => unreachable!("delete answers with a flag"),
-        }
-    }
-
-    async fn prune(&self, policy: PrunePolicy) -> Result<usize, StoreError> {
-        match self.submit(Op::Prune(policy)).await? {
-            Done::Count(n) => Ok(n),
-            _ => unreachable!("prune answers with a count"),
-        }
-    }
-
-    async fn recent_keys(
+    async fn delete_dead(
         &self,
-        since_ms: u64,
-        max: usize,
-    ) -> Result<Vec<(String, u64)>, StoreError> {
-        self.read(move |txn| {
-            let ids = txn.open_table(IDS).map_err(backend)?;
+        selector: DeadSelector,
+        now_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<DeliveryView>, StoreError> {
+        match self.submit(Op::Delete(selector, now_ms, limit)).await? {
+            Done::Views(v) => Ok(v),
+            _ => unreachable!("delete answers with deliveries"),
+        }
+    }
+
+    async fn kill_pending(
+        &self,
+        route: &str,
+        subscriber: &str,
+        reason: &str,
+        now_ms: u64,
+        limit: usize,
+    ) -> Result<usize, StoreError> {
+        let op = Op::Kill(
+            route.to_string(),
+            subscriber.to_string(),
+            reason.to_string(),
+            now_ms,
+            limit,
+        );
+        match self.submit(op).await? {
+            Done::Count(n) => Ok(n),
+            _ => unreachable!("kill answers with a count"),
+        }
+    }
+
+    async fn counts(&self) -> Result<Vec<LaneCounts>, StoreError> {
+        self.read(|db, txn| {
+            let names = db.names.read().expect("names lock");
+            let counts = txn.open_table(COUNTS).map_err(backend)?;
             let mut out = Vec::new();
-            for entry in ids.iter().map_err(backend)? {
-                let (key, value) = entry.map_err(backend)?;
-                let (_, received) = value.value();
-                if received >= since_ms {
-                    out.push((key.value().to_string(), received));
-                }
+            for entry in counts.iter().map_err(backend)? {
+                let (lane, value) = entry.map_err(backend)?;
+                let (pending, dead) = value.value();
+                let (route, subscriber) = names.lane(lane.value());
+                out.push(LaneCounts {
+                    route,
+                    subscriber,
+                    pending,
+                    dead,
+                });
             }
-            if out.len() > max {
-                out.sort_unstable_by_key(|(_, at)| std::cmp::Reverse(*at));
-                out.truncate(max);
-            }
-            out.sort_unstable_by_key(|(_, at)| *at);
+            out.sort_by(|a, b| (&a.route, &a.subscriber).cmp(&(&b.route, &b.subscriber)));
             Ok(out)
         })
         .await
     }
 
-    async fn stats(&self) -> Result<StoreStats, StoreError> {
-        self.read(|txn| {
-            let dead = txn.open_table(DEAD).map_err(backend)?;
-            let deliveries = Reader { txn }.deliveries()?;
-            let mut per: std::collections::BTreeMap<(String, String), u64> = Default::default();
-            for entry in dead.iter().map_err(backend)? {
-                let (key, _) = entry.map_err(backend)?;
-                let (_, seq, subscriber) = key.value();
-                if let Some(r) = read_delivery(&deliveries, seq, subscriber)? {
-                    *per.entry((r.route, r.subscriber)).or_default() += 1;
-                }
-            }
-            Ok(StoreStats {
-                dead: per.into_iter().collect(),
-            })
-        })
-        .await
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::store::AttemptRecord;
-
-    fn event(id: &str, subs: &[&str], at: u64) -> NewEvent {
-        NewEvent {
-            event_id: id.into(),
-            route: Arc::from("r"),
-            received_ms: at,
-            headers: vec![],
-            body: Bytes::from_static(b"{\"id\":\"x\"}"),
-            subscribers: subs.iter().map(|s| Arc::from(*s)).collect(),
+    async fn prune(&self, policy: PrunePolicy) -> Result<PruneReport, StoreError> {
+        match self.submit(Op::Prune(policy)).await? {
+            Done::Pruned(r) => Ok(r),
+            _ => unreachable!("prune answers with a report"),
         }
     }
 
-    fn attempt(n: u32, status: u16, at: u64) -> AttemptRecord {
-        AttemptRecord {
-            attempt: n,
-            at_ms: at,
-            status: Some(status),
-            error: None,
-            duration_ms: 1,
+    async fn size(&self) -> Result<StoreSize, StoreError> {
+        match self.submit(Op::Size).await? {
+            Done::Size(s) => Ok(s),
+            _ => unreachable!("size answers with sizes"),
         }
     }
 
-    #[tokio::test]
-    async fn append_is_idempotent_and_survives_reopen() {
-        let dir = tempfile::tempdir().unwrap();
-        {
-            let store = EmbeddedStore::open(dir.path(), EmbeddedOptions::default()).unwrap();
-            assert_eq!(
-                store.append(event("e1", &["a", "b"], 10)).await.unwrap(),
-                AppendOutcome::Accepted { seq: 1 }
-            );
-            assert_eq!(
-                store.append(event("e1", &["a", "b"], 11)).await.unwrap(),
-                AppendOutcome::Duplicate
-            );
+    async fn close(&self) {
+        // Dropping the sender ends the writer once its queue is done; then
+        // the file is closed cleanly (no repair at the next start).
+        drop(self.writer.lock().expect("writer lock").take());
+        let thread = self.thread.lock().expect("thread lock").take();
+        if let Some(thread) = thread {
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
         }
-        // The writer thread exits when the channel closes; wait for the lock to go.
-        let store = loop {
-            match EmbeddedStore::open(dir.path(), EmbeddedOptions::default()) {
-                Ok(s) => break s,
-                Err(StoreError::Locked(_)) => tokio::task::yield_now().await,
-                Err(e) => panic!("{e}"),
-            }
-        };
-        assert_eq!(
-            store.append(event("e1", &["a"], 12)).await.unwrap(),
-            AppendOutcome::Duplicate
-        );
-        let pending = store.pending().await.unwrap();
-        assert_eq!(pending.len(), 2);
-        assert_eq!(
-            store.body("e1").await.unwrap().unwrap(),
-            Bytes::from_static(b"{\"id\":\"x\"}")
-        );
-    }
-
-    #[tokio::test]
-    async fn second_open_is_refused_clearly() {
-        let dir = tempfile::tempdir().unwrap();
-        let _first = EmbeddedStore::open(dir.path(), EmbeddedOptions::default()).unwrap();
-        let err = EmbeddedStore::open(dir.path(), EmbeddedOptions::default()).unwrap_err();
-        assert!(matches!(err, StoreError::Locked(_)));
-        assert!(err
-            .to_string()
-            .contains("in use by another hookrelay process"));
-    }
-
-    #[tokio::test]
-    async fn dead_letters_replay_delete_and_prune() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = EmbeddedStore::open(dir.path(), EmbeddedOptions::default()).unwrap();
-        store.append(event("e1", &["a", "b"], 10)).await.unwrap();
-        store
-            .record_attempt(AttemptUpdate {
-                delivery_id: "e1.a".into(),
-                seq: 1,
-                subscriber: Arc::from("a"),
-                attempt: attempt(1, 200, 20),
-                next: Next::Delivered,
-            })
-            .await
-            .unwrap();
-        store
-            .record_attempt(AttemptUpdate {
-                delivery_id: "e1.b".into(),
-                seq: 1,
-                subscriber: Arc::from("b"),
-                attempt: attempt(1, 410, 20),
-                next: Next::Dead {
-                    reason: "410 Gone".into(),
-                },
-            })
-            .await
-            .unwrap();
-        let dead = store
-            .dead_letters(DeadLetterQuery {
-                limit: 10,
-                ..Default::default()
-            })
-            .await
-            .unwrap();
-        assert_eq!(dead.len(), 1);
-        assert_eq!(dead[0].dead_reason.as_deref(), Some("410 Gone"));
-        assert_eq!(dead[0].last().unwrap().status, Some(410));
-        // Not prunable while a dead letter holds it open.
-        let policy = PrunePolicy {
-            now_ms: 1_000_000,
-            keep_ms: 100,
-            max_events: 100,
-        };
-        assert_eq!(store.prune(policy).await.unwrap(), 0);
-
-        let requeued = store
-            .replay(ReplaySelector::Ids(vec!["e1.b".into()]), 30)
-            .await
-            .unwrap();
-        assert_eq!(requeued.len(), 1);
-        assert_eq!(store.pending().await.unwrap().len(), 1);
-        store
-            .record_attempt(AttemptUpdate {
-                delivery_id: "e1.b".into(),
-                seq: 1,
-                subscriber: Arc::from("b"),
-                attempt: attempt(1, 500, 40),
-                next: Next::Dead {
-                    reason: "max_elapsed".into(),
-                },
-            })
-            .await
-            .unwrap();
-        assert!(store.delete_dead("e1.b").await.unwrap());
-        assert!(!store.delete_dead("e1.b").await.unwrap());
-        assert_eq!(store.prune(policy).await.unwrap(), 1);
-        assert!(store.event("e1").await.unwrap().is_none());
-    }
-
-    #[tokio::test]
-    async fn prune_waits_for_the_idempotency_window_of_young_events() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = EmbeddedStore::open(dir.path(), EmbeddedOptions::default()).unwrap();
-        // No subscriber matched: done at once, at its receipt time.
-        store.append(event("young", &[], 1_000)).await.unwrap();
-        let early = PrunePolicy {
-            now_ms: 1_500,
-            keep_ms: 1_000,
-            max_events: 10,
-        };
-        assert_eq!(store.prune(early).await.unwrap(), 0);
-        assert!(store.event("young").await.unwrap().is_some());
-        let later = PrunePolicy {
-            now_ms: 2_500,
-            keep_ms: 1_000,
-            max_events: 10,
-        };
-        assert_eq!(store.prune(later).await.unwrap(), 1);
-        assert!(store.event("young").await.unwrap().is_none());
-        assert_eq!(
-            store.append(event("young", &[], 3_000)).await.unwrap(),
-            AppendOutcome::Accepted { seq: 2 },
-            "sequence numbers are never reused"
-        );
+        let db = self.db.clone();
+        let _ = tokio::task::spawn_blocking(move || db.close()).await;
     }
 }

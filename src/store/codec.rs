@@ -1,0 +1,539 @@
+//! The embedded store's record format: compact, versioned binary.
+//!
+//! Every record starts with a version byte, so a later hookrelay can still
+//! read what an earlier one wrote (a reader keeps a decoder for every
+//! version it has ever written; [`VERSION`] is the one written now).
+//! Integers are LEB128 varints, times are stored as deltas from the event's
+//! receipt, and route and subscriber names are small numbers from the
+//! store's name table, so a delivered callback costs a few dozen bytes
+//! besides its body.
+//!
+//! An event record holds the event and its deliveries together (a delivery
+//! belongs to exactly one event, and a commit that changes a delivery
+//! rewrites the page of its event anyway), with the body last so a reader
+//! that only needs the deliveries stops before it.
+
+use bytes::Bytes;
+
+use super::{AttemptRecord, DeliveryState, EventId, Origin, StoreError, ATTEMPT_HISTORY};
+
+/// The record version this build writes.
+pub const VERSION: u8 = 1;
+
+/// An event with its deliveries, as the embedded store keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventRecord {
+    /// The event's id.
+    pub id: EventId,
+    /// Receipt time, unix ms; other times are stored relative to it.
+    pub received_ms: u64,
+    /// The route's number in the name table.
+    pub route: u32,
+    /// Callback or reconciled.
+    pub origin: Origin,
+    /// The callback's status, when it has one.
+    pub status: Option<String>,
+    /// The sender's own id (muapi task id), when known.
+    pub source_id: Option<String>,
+    /// Kept request headers.
+    pub headers: Vec<(String, String)>,
+    /// One per subscriber that matched.
+    pub deliveries: Vec<DeliveryRecord>,
+    /// The body exactly as received.
+    pub body: Bytes,
+}
+
+/// One (event, subscriber) delivery inside its [`EventRecord`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeliveryRecord {
+    /// The (route, subscriber) pair's number in the name table.
+    pub lane: u32,
+    /// Current state.
+    pub state: DeliveryState,
+    /// Attempts in this schedule.
+    pub attempts: u32,
+    /// Next due time (pending), unix ms.
+    pub due_ms: u64,
+    /// Start of the schedule, unix ms.
+    pub schedule_start_ms: u64,
+    /// Last change, unix ms.
+    pub updated_ms: u64,
+    /// Why it is (or was) dead.
+    pub dead_reason: Option<String>,
+    /// The newest attempts, oldest first (at most [`ATTEMPT_HISTORY`]).
+    pub history: Vec<AttemptRecord>,
+}
+
+impl EventRecord {
+    /// Deliveries still holding the event open (pending or dead).
+    pub fn open(&self) -> u32 {
+        self.deliveries.iter().filter(|d| d.state.is_open()).count() as u32
+    }
+
+    /// The delivery of a lane.
+    pub fn delivery_mut(&mut self, lane: u32) -> Option<&mut DeliveryRecord> {
+        self.deliveries.iter_mut().find(|d| d.lane == lane)
+    }
+
+    /// Appends an attempt to a delivery's history, keeping the newest.
+    pub fn push_attempt(delivery: &mut DeliveryRecord, attempt: AttemptRecord) {
+        delivery.history.push(attempt);
+        if delivery.history.len() > ATTEMPT_HISTORY {
+            let excess = delivery.history.len() - ATTEMPT_HISTORY;
+            delivery.history.drain(..excess);
+        }
+    }
+}
+
+/// The `keys` table's value: when the key was first accepted, which event
+/// record holds its details (they may be pruned since), and its route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyRecord {
+    /// Receipt time, unix ms (the idempotency window counts from here).
+    pub received_ms: u64,
+    /// The event record's sequence number.
+    pub seq: u64,
+    /// The route's number in the name table.
+    pub route: u32,
+}
+
+fn corrupt(what: &str) -> StoreError {
+    StoreError::Corrupt(what.to_string())
+}
+
+/// Appends to a byte buffer.
+struct Writer(Vec<u8>);
+
+impl Writer {
+    fn u8(&mut self, v: u8) {
+        self.0.push(v);
+    }
+
+    fn varint(&mut self, mut v: u64) {
+        loop {
+            let byte = (v & 0x7f) as u8;
+            v >>= 7;
+            if v == 0 {
+                self.0.push(byte);
+                return;
+            }
+            self.0.push(byte | 0x80);
+        }
+    }
+
+    fn bytes(&mut self, b: &[u8]) {
+        self.varint(b.len() as u64);
+        self.0.extend_from_slice(b);
+    }
+
+    fn opt_str(&mut self, s: Option<&str>) {
+        match s {
+            // 0 means absent; a present string is stored with length + 1.
+            None => self.varint(0),
+            Some(s) => {
+                self.varint(s.len() as u64 + 1);
+                self.0.extend_from_slice(s.as_bytes());
+            }
+        }
+    }
+}
+
+/// Reads from a byte slice, refusing to run past its end.
+struct Reader<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn u8(&mut self) -> Result<u8, StoreError> {
+        let v = *self
+            .buf
+            .get(self.pos)
+            .ok_or_else(|| corrupt("record ends early"))?;
+        self.pos += 1;
+        Ok(v)
+    }
+
+    fn varint(&mut self) -> Result<u64, StoreError> {
+        let mut v = 0u64;
+        for shift in (0..64).step_by(7) {
+            let byte = self.u8()?;
+            v |= u64::from(byte & 0x7f) << shift;
+            if byte & 0x80 == 0 {
+                return Ok(v);
+            }
+        }
+        Err(corrupt("varint longer than 64 bits"))
+    }
+
+    fn u32(&mut self) -> Result<u32, StoreError> {
+        u32::try_from(self.varint()?).map_err(|_| corrupt("number out of range"))
+    }
+
+    fn take(&mut self, len: usize) -> Result<&'a [u8], StoreError> {
+        let end = self
+            .pos
+            .checked_add(len)
+            .filter(|end| *end <= self.buf.len())
+            .ok_or_else(|| corrupt("length runs past the record"))?;
+        let out = &self.buf[self.pos..end];
+        self.pos = end;
+        Ok(out)
+    }
+
+    fn bytes(&mut self) -> Result<&'a [u8], StoreError> {
+        let len = self.varint()? as usize;
+        self.take(len)
+    }
+
+    fn string(&mut self) -> Result<String, StoreError> {
+        String::from_utf8(self.bytes()?.to_vec()).map_err(|_| corrupt("string is not UTF-8"))
+    }
+
+    fn opt_str(&mut self) -> Result<Option<String>, StoreError> {
+        match self.varint()? {
+            0 => Ok(None),
+            n => {
+                let raw = self.take((n - 1) as usize)?;
+                String::from_utf8(raw.to_vec())
+                    .map(Some)
+                    .map_err(|_| corrupt("string is not UTF-8"))
+            }
+        }
+    }
+
+    fn version(&mut self) -> Result<u8, StoreError> {
+        let v = self.u8()?;
+        if v == 0 || v > VERSION {
+            return Err(StoreError::Corrupt(format!(
+                "record version {v} is not one this hookrelay reads (it reads 1 to {VERSION})"
+            )));
+        }
+        Ok(v)
+    }
+}
+
+fn origin_code(o: Origin) -> u8 {
+    match o {
+        Origin::Callback => 0,
+        Origin::Reconciled => 1,
+    }
+}
+
+fn origin_from(code: u8) -> Result<Origin, StoreError> {
+    match code {
+        0 => Ok(Origin::Callback),
+        1 => Ok(Origin::Reconciled),
+        _ => Err(corrupt("unknown origin")),
+    }
+}
+
+fn state_code(s: DeliveryState) -> u8 {
+    match s {
+        DeliveryState::Pending => 0,
+        DeliveryState::Delivered => 1,
+        DeliveryState::Dead => 2,
+        DeliveryState::Deleted => 3,
+    }
+}
+
+fn state_from(code: u8) -> Result<DeliveryState, StoreError> {
+    match code {
+        0 => Ok(DeliveryState::Pending),
+        1 => Ok(DeliveryState::Delivered),
+        2 => Ok(DeliveryState::Dead),
+        3 => Ok(DeliveryState::Deleted),
+        _ => Err(corrupt("unknown delivery state")),
+    }
+}
+
+/// Encodes an event record (current version).
+pub fn encode_event(e: &EventRecord) -> Vec<u8> {
+    let mut w = Writer(Vec::with_capacity(
+        96 + e.body.len() + 24 * e.deliveries.len(),
+    ));
+    let base = e.received_ms;
+    let rel = |t: u64| t.saturating_sub(base);
+    w.u8(VERSION);
+    w.0.extend_from_slice(&e.id.to_bytes());
+    w.varint(e.received_ms);
+    w.varint(u64::from(e.route));
+    w.u8(origin_code(e.origin));
+    w.opt_str(e.status.as_deref());
+    w.opt_str(e.source_id.as_deref());
+    w.varint(e.headers.len() as u64);
+    for (name, value) in &e.headers {
+        w.bytes(name.as_bytes());
+        w.bytes(value.as_bytes());
+    }
+    w.varint(e.deliveries.len() as u64);
+    for d in &e.deliveries {
+        w.varint(u64::from(d.lane));
+        w.u8(state_code(d.state));
+        w.varint(u64::from(d.attempts));
+        w.varint(rel(d.due_ms));
+        w.varint(rel(d.schedule_start_ms));
+        w.varint(rel(d.updated_ms));
+        w.opt_str(d.dead_reason.as_deref());
+        w.varint(d.history.len() as u64);
+        for a in &d.history {
+            w.varint(u64::from(a.attempt));
+            w.varint(rel(a.at_ms));
+            w.varint(u64::from(a.status.unwrap_or(0)));
+            w.opt_str(a.error.as_deref());
+            w.varint(a.duration_ms);
+        }
+    }
+    w.bytes(&e.body);
+    w.0
+}
+
+/// Decodes an event record; `with_body` false skips copying the body.
+pub fn decode_event(buf: &[u8], with_body: bool) -> Result<EventRecord, StoreError> {
+    let mut r = Reader { buf, pos: 0 };
+    let _version = r.version()?;
+    let id: [u8; 16] = r
+        .take(16)?
+        .try_into()
+        .map_err(|_| corrupt("short event id"))?;
+    let received_ms = r.varint()?;
+    let abs = |delta: u64| received_ms.saturating_add(delta);
+    let route = r.u32()?;
+    let origin = origin_from(r.u8()?)?;
+    let status = r.opt_str()?;
+    let source_id = r.opt_str()?;
+    let n = r.varint()? as usize;
+    let mut headers = Vec::with_capacity(n.min(64));
+    for _ in 0..n {
+        headers.push((r.string()?, r.string()?));
+    }
+    let n = r.varint()? as usize;
+    let mut deliveries = Vec::with_capacity(n.min(64));
+    for _ in 0..n {
+        let lane = r.u32()?;
+        let state = state_from(r.u8()?)?;
+        let attempts = r.u32()?;
+        let due_ms = abs(r.varint()?);
+        let schedule_start_ms = abs(r.varint()?);
+        let updated_ms = abs(r.varint()?);
+        let dead_reason = r.opt_str()?;
+        let h = r.varint()? as usize;
+        let mut history = Vec::with_capacity(h.min(ATTEMPT_HISTORY));
+        for _ in 0..h {
+            let attempt = r.u32()?;
+            let at_ms = abs(r.varint()?);
+            let status = match r.varint()? {
+                0 => None,
+                s => Some(u16::try_from(s).map_err(|_| corrupt("status out of range"))?),
+            };
+            let error = r.opt_str()?;
+            let duration_ms = r.varint()?;
+            history.push(AttemptRecord {
+                attempt,
+                at_ms,
+                status,
+                error,
+                duration_ms,
+            });
+        }
+        deliveries.push(DeliveryRecord {
+            lane,
+            state,
+            attempts,
+            due_ms,
+            schedule_start_ms,
+            updated_ms,
+            dead_reason,
+            history,
+        });
+    }
+    let body = if with_body {
+        Bytes::copy_from_slice(r.bytes()?)
+    } else {
+        let len = r.varint()? as usize;
+        r.take(len)?;
+        Bytes::new()
+    };
+    Ok(EventRecord {
+        id: EventId::from_bytes(id),
+        received_ms,
+        route,
+        origin,
+        status,
+        source_id,
+        headers,
+        deliveries,
+        body,
+    })
+}
+
+/// The body of an encoded event record, without decoding the rest into
+/// owned values.
+pub fn event_body(buf: &[u8]) -> Result<Bytes, StoreError> {
+    decode_event(buf, true).map(|e| e.body)
+}
+
+/// Encodes a `keys` value (current version).
+pub fn encode_key(k: &KeyRecord) -> Vec<u8> {
+    let mut w = Writer(Vec::with_capacity(16));
+    w.u8(VERSION);
+    w.varint(k.received_ms);
+    w.varint(k.seq);
+    w.varint(u64::from(k.route));
+    w.0
+}
+
+/// Decodes a `keys` value.
+pub fn decode_key(buf: &[u8]) -> Result<KeyRecord, StoreError> {
+    let mut r = Reader { buf, pos: 0 };
+    let _version = r.version()?;
+    Ok(KeyRecord {
+        received_ms: r.varint()?,
+        seq: r.varint()?,
+        route: r.u32()?,
+    })
+}
+
+/// A stable 64-bit hash (FNV-1a) of a route and a source id, for the
+/// source-id index: persisted, so it must never change between builds.
+pub fn source_hash(route: u32, source_id: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in route
+        .to_be_bytes()
+        .iter()
+        .chain(std::iter::once(&0u8))
+        .chain(source_id.as_bytes())
+    {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> EventRecord {
+        EventRecord {
+            id: EventId(42),
+            received_ms: 1_795_000_000_000,
+            route: 1,
+            origin: Origin::Reconciled,
+            status: Some("completed".into()),
+            source_id: Some("task-1".into()),
+            headers: vec![("content-type".into(), "application/json".into())],
+            deliveries: vec![
+                DeliveryRecord {
+                    lane: 2,
+                    state: DeliveryState::Dead,
+                    attempts: 2,
+                    due_ms: 1_795_000_000_500,
+                    schedule_start_ms: 1_795_000_000_000,
+                    updated_ms: 1_795_000_001_000,
+                    dead_reason: Some("subscriber answered 410 Gone".into()),
+                    history: vec![
+                        AttemptRecord {
+                            attempt: 1,
+                            at_ms: 1_795_000_000_010,
+                            status: None,
+                            error: Some("connect error".into()),
+                            duration_ms: 3,
+                        },
+                        AttemptRecord {
+                            attempt: 2,
+                            at_ms: 1_795_000_000_900,
+                            status: Some(410),
+                            error: None,
+                            duration_ms: 100,
+                        },
+                    ],
+                },
+                DeliveryRecord {
+                    lane: 3,
+                    state: DeliveryState::Pending,
+                    attempts: 0,
+                    due_ms: 1_795_000_000_000,
+                    schedule_start_ms: 1_795_000_000_000,
+                    updated_ms: 1_795_000_000_000,
+                    dead_reason: None,
+                    history: vec![],
+                },
+            ],
+            body: Bytes::from_static(br#"{"id":"task-1","status":"completed"}"#),
+        }
+    }
+
+    #[test]
+    fn event_records_round_trip() {
+        let e = sample();
+        let bytes = encode_event(&e);
+        assert_eq!(decode_event(&bytes, true).unwrap(), e);
+        let light = decode_event(&bytes, false).unwrap();
+        assert!(light.body.is_empty());
+        assert_eq!(light.deliveries, e.deliveries);
+        assert_eq!(event_body(&bytes).unwrap(), e.body);
+        assert_eq!(e.open(), 2);
+    }
+
+    #[test]
+    fn version_1_records_stay_readable() {
+        // Bytes written by the first version of this format: a later format
+        // must keep decoding them (add a decoder, never change this one).
+        let v1: &[u8] = &[
+            1, // version
+            0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 7, // id
+            232, 7, // received 1000
+            1, // route
+            0, // origin callback
+            3, b'o', b'k', // status "ok" (length + 1)
+            0,    // no source id
+            0,    // no headers
+            1,    // one delivery
+            2, 1, 1, 0, 0, 5,
+            0, // lane 2, delivered, 1 attempt, due +0, start +0, updated +5, no reason
+            1, 1, 1, 200, 1, 0, 4, // history: attempt 1 at +1, status 200, no error, 4 ms
+            2, b'{', b'}', // body
+        ];
+        let e = decode_event(v1, true).unwrap();
+        assert_eq!(e.id, EventId(7));
+        assert_eq!(e.received_ms, 1000);
+        assert_eq!(e.status.as_deref(), Some("ok"));
+        assert_eq!(e.deliveries[0].state, DeliveryState::Delivered);
+        assert_eq!(e.deliveries[0].updated_ms, 1005);
+        assert_eq!(e.deliveries[0].history[0].status, Some(200));
+        assert_eq!(&e.body[..], b"{}");
+    }
+
+    #[test]
+    fn corrupt_and_future_records_are_refused_not_misread() {
+        let bytes = encode_event(&sample());
+        for cut in 0..bytes.len() {
+            assert!(decode_event(&bytes[..cut], true).is_err(), "cut at {cut}");
+        }
+        let mut future = bytes.clone();
+        future[0] = VERSION + 1;
+        let err = decode_event(&future, true).unwrap_err().to_string();
+        assert!(err.contains("version"), "{err}");
+    }
+
+    #[test]
+    fn keys_round_trip_and_stay_small() {
+        let k = KeyRecord {
+            received_ms: 1_795_000_000_000,
+            seq: 123_456,
+            route: 1,
+        };
+        let bytes = encode_key(&k);
+        assert!(bytes.len() <= 12, "{} bytes", bytes.len());
+        assert_eq!(decode_key(&bytes).unwrap(), k);
+    }
+
+    #[test]
+    fn source_hash_is_stable() {
+        // Persisted in the index: a change would orphan every entry.
+        assert_eq!(source_hash(1, "task-1"), source_hash(1, "task-1"));
+        assert_ne!(source_hash(1, "task-1"), source_hash(2, "task-1"));
+        assert_eq!(source_hash(0, "task-1"), 0x7a81_01e4_9862_4420);
+    }
+}
