@@ -21,6 +21,7 @@
 
 pub mod codec;
 pub mod embedded;
+pub mod postgres;
 mod upgrade;
 
 use std::fmt;
@@ -574,6 +575,18 @@ pub trait Store: Send + Sync + 'static {
 
     /// How much room the store takes.
     async fn size(&self) -> Result<StoreSize, StoreError>;
+
+    /// Whether the store can take writes now (readiness): false while a
+    /// database server is unreachable.
+    fn available(&self) -> bool {
+        true
+    }
+
+    /// Signalled when another process made work claimable (a replay, a
+    /// release): lanes then claim at once instead of at their next refill.
+    fn wakeups(&self) -> Option<Arc<tokio::sync::Notify>> {
+        None
+    }
 
     /// Releases every claim and closes the store; in-flight work is done.
     async fn close(&self);

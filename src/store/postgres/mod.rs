@@ -1,0 +1,1441 @@
+//! The PostgreSQL store: one database shared by several replicas.
+//!
+//! Guarantees as the embedded store, across processes:
+//! - Appends are group-committed: a writer task takes every waiting append
+//!   (and attempt result) and writes them in one transaction — all events
+//!   in one multi-row statement, whose `ON CONFLICT` on the event id makes
+//!   the same callback arriving at two replicas at once exactly one event
+//!   (the other answers `duplicate`) — then commits once.
+//! - Claims are leases: `owner` (this replica) and `lease_until` (database
+//!   clock), taken with `FOR UPDATE SKIP LOCKED` in small batches by due
+//!   time, renewed every third of the lease while the replica lives, and
+//!   released at shutdown. A replica that dies without releasing loses its
+//!   claims when their leases end; another replica then claims them. An
+//!   attempt's result is written only while `owner` is still this replica,
+//!   so a replica that lost its lease never overwrites another's result.
+//! - When the server is unreachable every write fails fast (the ingress
+//!   answers 503) and [`Store::available`] turns false (readiness 503);
+//!   the pool reconnects by itself when the server returns.
+//!
+//! Schema migrations are SQL files embedded in the binary, applied at start
+//! (and by `hookrelay migrate`) under an advisory lock, so replicas starting
+//! together apply each exactly once.
+
+use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use serde_json::Value;
+use tokio::sync::{mpsc, oneshot, Notify};
+use tokio_postgres::Row;
+use tokio_util::sync::CancellationToken;
+
+use super::{
+    AppendOutcome, AttemptRecord, AttemptUpdate, Claimed, DeadLetterQuery, DeadSelector,
+    DeliveryBrief, DeliveryState, DeliveryView, EventId, EventPage, EventQuery, EventSummary,
+    EventView, LaneCounts, NewEvent, Next, Origin, PrunePolicy, PruneReport, Recorded, Store,
+    StoreError, StoreSize, ATTEMPT_HISTORY,
+};
+
+/// The migrations, in order: (version, SQL with `{schema}` placeholders).
+const MIGRATIONS: &[(i32, &str)] = &[(1, include_str!("0001_init.sql"))];
+
+/// The database clock in unix milliseconds (leases are compared with it,
+/// so replicas with skewed clocks still agree on who holds what).
+const NOW_MS: &str = "(extract(epoch from clock_timestamp()) * 1000)::bigint";
+
+/// The first key of every advisory lock this store takes ("hrly").
+const LOCK_SPACE: i32 = 0x6872_6c79;
+
+/// Called after every group commit with the batch size and duration.
+pub type CommitObserver = Arc<dyn Fn(usize, Duration) + Send + Sync>;
+
+/// Settings of the PostgreSQL store.
+#[derive(Clone)]
+pub struct PostgresOptions {
+    /// Connection URL (`postgres://user:password@host:port/db?sslmode=…`).
+    /// Never logged or echoed.
+    pub url: String,
+    /// Connections in the pool.
+    pub pool_size: usize,
+    /// Schema holding the tables (a plain identifier).
+    pub schema: String,
+    /// How long a claim lasts without renewal.
+    pub lease: Duration,
+    /// Most appends and attempt results one group commit takes.
+    pub max_batch: usize,
+    /// Told about every group commit (for metrics).
+    pub observer: Option<CommitObserver>,
+}
+
+fn unavailable(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+fn state_from(code: i16) -> Result<DeliveryState, StoreError> {
+    Ok(match code {
+        0 => DeliveryState::Pending,
+        1 => DeliveryState::Delivered,
+        2 => DeliveryState::Dead,
+        3 => DeliveryState::Deleted,
+        _ => {
+            return Err(StoreError::Corrupt(format!(
+                "unknown delivery state {code}"
+            )))
+        }
+    })
+}
+
+fn origin_code(o: Origin) -> i16 {
+    match o {
+        Origin::Callback => 0,
+        Origin::Reconciled => 1,
+    }
+}
+
+fn origin_from(code: i16) -> Origin {
+    if code == 1 {
+        Origin::Reconciled
+    } else {
+        Origin::Callback
+    }
+}
+
+fn event_id(bytes: &[u8]) -> Result<EventId, StoreError> {
+    let array: [u8; 16] = bytes
+        .try_into()
+        .map_err(|_| StoreError::Corrupt("event id is not 16 bytes".into()))?;
+    Ok(EventId::from_bytes(array))
+}
+
+fn ms(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+fn db_ms(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn attempt_json(a: &AttemptRecord) -> Value {
+    serde_json::to_value(a).expect("attempts serialise")
+}
+
+fn attempt_from(v: &Value) -> AttemptRecord {
+    AttemptRecord {
+        attempt: v["attempt"].as_u64().unwrap_or(0) as u32,
+        at_ms: v["at_ms"].as_u64().unwrap_or(0),
+        status: v["status"].as_u64().map(|s| s as u16),
+        error: v["error"].as_str().map(str::to_string),
+        duration_ms: v["duration_ms"].as_u64().unwrap_or(0),
+    }
+}
+
+/// A group-committed write.
+enum Write {
+    Append(NewEvent, oneshot::Sender<Result<AppendOutcome, StoreError>>),
+    Attempt(AttemptUpdate, oneshot::Sender<Result<Recorded, StoreError>>),
+}
+
+/// SQL text with the schema filled in, built once.
+struct Sql {
+    append: String,
+    attempt: String,
+    claim: String,
+    release: String,
+    renew: String,
+    release_all: String,
+    notify: String,
+    listen: String,
+}
+
+impl Sql {
+    fn new(s: &str) -> Self {
+        Self {
+            append: format!(
+                "WITH input AS (
+                   SELECT * FROM unnest($1::bytea[], $2::text[], $3::bigint[], $4::text[], $5::text[],
+                                        $6::smallint[], $7::jsonb[], $8::bytea[], $9::int[], $10::bigint[])
+                     AS t(id, route, received_ms, source_id, status, origin, headers, body, open_count, ttl_ms)
+                 ), ins AS (
+                   INSERT INTO {s}.events AS e (id, route, received_ms, source_id, status, origin,
+                                                headers, body, body_len, open_count, done_ms)
+                   SELECT id, route, received_ms, source_id, status, origin, headers, body,
+                          length(body), open_count, CASE WHEN open_count = 0 THEN received_ms END
+                   FROM input
+                   ON CONFLICT (id) DO UPDATE SET
+                     seq = nextval(pg_get_serial_sequence('{s}.events', 'seq')),
+                     route = EXCLUDED.route, received_ms = EXCLUDED.received_ms,
+                     source_id = EXCLUDED.source_id, status = EXCLUDED.status,
+                     origin = EXCLUDED.origin, headers = EXCLUDED.headers, body = EXCLUDED.body,
+                     body_len = EXCLUDED.body_len, open_count = EXCLUDED.open_count,
+                     done_ms = EXCLUDED.done_ms, pruned = false
+                   WHERE e.pruned
+                     AND e.received_ms < EXCLUDED.received_ms
+                         - (SELECT i.ttl_ms FROM input i WHERE i.id = EXCLUDED.id)
+                   RETURNING e.id
+                 ), dl AS (
+                   INSERT INTO {s}.deliveries (event_id, subscriber, route, state, due_ms,
+                                               schedule_start_ms, updated_ms, owner, lease_until)
+                   SELECT d.event_id, d.subscriber, d.route, 0, d.due_ms, d.due_ms, d.due_ms,
+                          $15, {NOW_MS} + $16
+                   FROM unnest($11::bytea[], $12::text[], $13::text[], $14::bigint[])
+                     AS d(event_id, subscriber, route, due_ms)
+                   WHERE d.event_id IN (SELECT id FROM ins)
+                 )
+                 SELECT id FROM ins"
+            ),
+            attempt: format!(
+                "WITH d AS (
+                   UPDATE {s}.deliveries SET
+                     attempts = GREATEST(attempts, $4),
+                     history = CASE WHEN $5::jsonb IS NULL THEN history
+                               ELSE (CASE WHEN jsonb_array_length(history) >= {ATTEMPT_HISTORY}
+                                          THEN history - 0 ELSE history END) || jsonb_build_array($5::jsonb)
+                               END,
+                     updated_ms = $6::bigint,
+                     state = $7::smallint,
+                     due_ms = CASE WHEN $7::smallint = 0 THEN $8::bigint ELSE due_ms END,
+                     dead_reason = CASE WHEN $7::smallint = 2 THEN $9::text ELSE dead_reason END,
+                     owner = CASE WHEN $10::bool THEN owner ELSE NULL END,
+                     lease_until = CASE WHEN $10::bool THEN lease_until ELSE NULL END
+                   WHERE event_id = $1 AND subscriber = $2 AND state = 0 AND owner = $3
+                   RETURNING event_id
+                 ), e AS (
+                   UPDATE {s}.events SET open_count = open_count - 1,
+                     done_ms = CASE WHEN open_count - 1 = 0 THEN $6::bigint ELSE done_ms END
+                   WHERE $11::bool AND id IN (SELECT event_id FROM d)
+                 )
+                 SELECT count(*) FROM d"
+            ),
+            claim: format!(
+                "WITH picked AS (
+                   SELECT event_id, subscriber FROM {s}.deliveries
+                   WHERE route = $1 AND subscriber = $2 AND state = 0 AND due_ms <= $3
+                     AND (owner IS NULL OR lease_until < {NOW_MS})
+                   ORDER BY due_ms LIMIT $4
+                   FOR UPDATE SKIP LOCKED
+                 )
+                 UPDATE {s}.deliveries d SET owner = $5, lease_until = {NOW_MS} + $6
+                 FROM picked, {s}.events e
+                 WHERE d.event_id = picked.event_id AND d.subscriber = picked.subscriber
+                   AND e.id = d.event_id
+                 RETURNING d.event_id, d.attempts, d.due_ms, d.schedule_start_ms, e.received_ms, e.origin"
+            ),
+            release: format!(
+                "UPDATE {s}.deliveries SET owner = NULL, lease_until = NULL
+                 WHERE owner = $1 AND route = $2 AND subscriber = $3 AND event_id = ANY($4) AND state = 0"
+            ),
+            renew: format!(
+                "UPDATE {s}.deliveries SET lease_until = {NOW_MS} + $2 WHERE owner = $1 AND state = 0"
+            ),
+            release_all: format!(
+                "UPDATE {s}.deliveries SET owner = NULL, lease_until = NULL WHERE owner = $1"
+            ),
+            notify: format!("SELECT pg_notify('hookrelay_{s}', 'work')"),
+            listen: format!("LISTEN hookrelay_{s}"),
+        }
+    }
+}
+
+/// Parses the URL and builds the pool (no connection yet).
+fn pool(options: &PostgresOptions) -> Result<(tokio_postgres::Config, Pool), StoreError> {
+    let config = tokio_postgres::Config::from_str(&options.url).map_err(|_| {
+        StoreError::Backend(
+            "store.postgres.url is not a valid PostgreSQL connection URL \
+             (postgres://user:password@host:port/database?sslmode=disable|prefer|require)"
+                .into(),
+        )
+    })?;
+    let manager = Manager::from_config(
+        config.clone(),
+        tls(),
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    let pool = Pool::builder(manager)
+        .max_size(options.pool_size.max(2))
+        .wait_timeout(Some(Duration::from_secs(2)))
+        .create_timeout(Some(Duration::from_secs(5)))
+        .recycle_timeout(Some(Duration::from_secs(2)))
+        .runtime(deadpool_postgres::Runtime::Tokio1)
+        .build()
+        .map_err(|e| StoreError::Backend(format!("cannot build the connection pool: {e}")))?;
+    Ok((config, pool))
+}
+
+/// TLS to the database (used when `sslmode` asks for it): rustls with the
+/// webpki roots, so the server's certificate is always verified.
+fn tls() -> tokio_postgres_rustls::MakeRustlsConnect {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("ring supports the default protocol versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    tokio_postgres_rustls::MakeRustlsConnect::new(config)
+}
+
+/// A connection error as one line, without the URL (it may hold a password).
+fn connect_error(e: &deadpool_postgres::PoolError) -> String {
+    use deadpool_postgres::PoolError;
+    match e {
+        PoolError::Backend(e) => {
+            let mut text = e.to_string();
+            let mut source = std::error::Error::source(e);
+            while let Some(inner) = source {
+                let more = inner.to_string();
+                if !text.contains(&more) {
+                    text.push_str(": ");
+                    text.push_str(&more);
+                }
+                source = inner.source();
+            }
+            text
+        }
+        PoolError::Timeout(_) => "timed out connecting to the server".into(),
+        other => other.to_string(),
+    }
+}
+
+/// Applies every migration not applied yet, under an advisory lock (so
+/// replicas starting together apply each once); returns the versions applied.
+pub async fn migrate(options: &PostgresOptions) -> Result<Vec<i32>, StoreError> {
+    let (_, pool) = pool(options)?;
+    migrate_with(&pool, &options.schema).await
+}
+
+async fn migrate_with(pool: &Pool, schema: &str) -> Result<Vec<i32>, StoreError> {
+    let mut client = pool.get().await.map_err(|e| {
+        StoreError::Unavailable(format!(
+            "cannot connect to PostgreSQL: {}",
+            connect_error(&e)
+        ))
+    })?;
+    let tx = client.transaction().await.map_err(unavailable)?;
+    tx.execute(
+        "SELECT pg_advisory_xact_lock($1, hashtext($2))",
+        &[&LOCK_SPACE, &schema],
+    )
+    .await
+    .map_err(unavailable)?;
+    tx.batch_execute(&format!(
+        "CREATE SCHEMA IF NOT EXISTS {schema};
+         CREATE TABLE IF NOT EXISTS {schema}.schema_migrations (
+             version INTEGER PRIMARY KEY,
+             applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
+    ))
+    .await
+    .map_err(|e| StoreError::Backend(format!("cannot create schema {schema}: {e}")))?;
+    let done: Vec<i32> = tx
+        .query(
+            &format!("SELECT version FROM {schema}.schema_migrations"),
+            &[],
+        )
+        .await
+        .map_err(unavailable)?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let mut applied = Vec::new();
+    for (version, sql) in MIGRATIONS {
+        if done.contains(version) {
+            continue;
+        }
+        tx.batch_execute(&sql.replace("{schema}", schema))
+            .await
+            .map_err(|e| StoreError::Backend(format!("migration {version} failed: {e}")))?;
+        tx.execute(
+            &format!("INSERT INTO {schema}.schema_migrations (version) VALUES ($1)"),
+            &[version],
+        )
+        .await
+        .map_err(unavailable)?;
+        applied.push(*version);
+    }
+    tx.commit().await.map_err(unavailable)?;
+    for version in &applied {
+        tracing::info!(version, schema, "database migration applied");
+    }
+    Ok(applied)
+}
+
+struct Inner {
+    pool: Pool,
+    sql: Sql,
+    schema: String,
+    owner: String,
+    lease_ms: i64,
+    available: AtomicBool,
+    wake: Arc<Notify>,
+    stop: CancellationToken,
+    observer: Option<CommitObserver>,
+}
+
+impl Inner {
+    async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
+        match self.pool.get().await {
+            Ok(c) => Ok(c),
+            Err(e) => {
+                self.available.store(false, Ordering::Relaxed);
+                Err(StoreError::Unavailable(format!(
+                    "cannot reach PostgreSQL: {}",
+                    connect_error(&e)
+                )))
+            }
+        }
+    }
+
+    /// Maps a query error, noting when the server is gone. A server error
+    /// is reported by its message and code only (its detail may quote row
+    /// values).
+    fn failed(&self, e: tokio_postgres::Error) -> StoreError {
+        match e.as_db_error() {
+            Some(db) => StoreError::Backend(format!(
+                "PostgreSQL: {} ({})",
+                db.message(),
+                db.code().code()
+            )),
+            None => {
+                self.available.store(false, Ordering::Relaxed);
+                StoreError::Unavailable(e.to_string())
+            }
+        }
+    }
+
+    async fn notify(&self) {
+        if let Ok(client) = self.client().await {
+            let _ = client.execute(&self.sql.notify, &[]).await;
+        }
+    }
+}
+
+/// PostgreSQL behind the [`Store`] trait.
+pub struct PostgresStore {
+    inner: Arc<Inner>,
+    writer: Mutex<Option<mpsc::Sender<Write>>>,
+    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for PostgresStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresStore")
+            .field("schema", &self.inner.schema)
+            .field("owner", &self.inner.owner)
+            .finish()
+    }
+}
+
+/// This replica's name in `owner`: host, process and a random part (a
+/// restarted process never inherits the claims of its predecessor).
+fn owner_id() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().chars().take(40).collect::<String>())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "host".into());
+    format!(
+        "{host}-{}-{:08x}",
+        std::process::id(),
+        rand::random::<u32>()
+    )
+}
+
+impl PostgresStore {
+    /// Connects, applies migrations and starts the writer, the lease
+    /// renewal, the health check and the listener for work signals. Fails
+    /// with one clear error (never quoting the URL) when the database is
+    /// unreachable or refuses the credentials.
+    pub async fn open(options: PostgresOptions) -> Result<Self, StoreError> {
+        let (config, pool) = pool(&options)?;
+        migrate_with(&pool, &options.schema).await?;
+        let inner = Arc::new(Inner {
+            pool,
+            sql: Sql::new(&options.schema),
+            schema: options.schema.clone(),
+            owner: owner_id(),
+            lease_ms: db_ms(options.lease.as_millis() as u64),
+            available: AtomicBool::new(true),
+            wake: Arc::new(Notify::new()),
+            stop: CancellationToken::new(),
+            observer: options.observer.clone(),
+        });
+        let (tx, rx) = mpsc::channel(options.max_batch.max(64) * 4);
+        let mut tasks = vec![tokio::spawn(writer_loop(
+            inner.clone(),
+            rx,
+            options.max_batch.max(1),
+        ))];
+        tasks.push(tokio::spawn(renew_loop(inner.clone(), options.lease)));
+        tasks.push(tokio::spawn(health_loop(inner.clone())));
+        tasks.push(tokio::spawn(listen_loop(inner.clone(), config)));
+        tracing::info!(schema = %options.schema, owner = %inner.owner, "PostgreSQL store open");
+        Ok(Self {
+            inner,
+            writer: Mutex::new(Some(tx)),
+            tasks: Mutex::new(tasks),
+        })
+    }
+
+    /// This replica's owner id (shown in logs; claims carry it).
+    pub fn owner(&self) -> &str {
+        &self.inner.owner
+    }
+
+    async fn write<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> Write,
+    ) -> Result<T, StoreError> {
+        let stopped = || StoreError::Unavailable("the store is closed".into());
+        let writer = self.writer.lock().expect("writer lock").clone();
+        let writer = writer.ok_or_else(stopped)?;
+        let (reply, answer) = oneshot::channel();
+        match writer
+            .send_timeout(make(reply), Duration::from_secs(2))
+            .await
+        {
+            Ok(()) => {}
+            Err(mpsc::error::SendTimeoutError::Timeout(_)) => return Err(StoreError::Overloaded),
+            Err(mpsc::error::SendTimeoutError::Closed(_)) => return Err(stopped()),
+        }
+        answer.await.map_err(|_| stopped())?
+    }
+}
+
+/// Takes every waiting write and commits them together.
+async fn writer_loop(inner: Arc<Inner>, mut rx: mpsc::Receiver<Write>, max_batch: usize) {
+    let mut batch = Vec::with_capacity(max_batch);
+    while let Some(first) = rx.recv().await {
+        batch.push(first);
+        while batch.len() < max_batch {
+            match rx.try_recv() {
+                Ok(more) => batch.push(more),
+                Err(_) => break,
+            }
+        }
+        let started = Instant::now();
+        let size = batch.len();
+        match commit_batch(&inner, &batch).await {
+            Ok((appends, attempts)) => {
+                inner.available.store(true, Ordering::Relaxed);
+                if let Some(observe) = &inner.observer {
+                    observe(size, started.elapsed());
+                }
+                let (mut a, mut r) = (appends.into_iter(), attempts.into_iter());
+                for write in batch.drain(..) {
+                    match write {
+                        Write::Append(_, reply) => {
+                            let _ = reply.send(Ok(a.next().expect("one outcome per append")));
+                        }
+                        Write::Attempt(_, reply) => {
+                            let _ = reply.send(Ok(r.next().expect("one result per attempt")));
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, batch = size, "PostgreSQL commit failed");
+                for write in batch.drain(..) {
+                    let err = || StoreError::Unavailable(e.to_string());
+                    match write {
+                        Write::Append(_, reply) => {
+                            let _ = reply.send(Err(err()));
+                        }
+                        Write::Attempt(_, reply) => {
+                            let _ = reply.send(Err(err()));
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// One transaction: every append in one statement, every attempt result
+/// pipelined, one commit.
+async fn commit_batch(
+    inner: &Inner,
+    batch: &[Write],
+) -> Result<(Vec<AppendOutcome>, Vec<Recorded>), StoreError> {
+    let mut client = inner.client().await?;
+    let tx = client.transaction().await.map_err(|e| inner.failed(e))?;
+    // Appends: the same id twice in one batch is one event (the later one a
+    // duplicate), as the unique key would make it across batches.
+    let events: Vec<&NewEvent> = batch
+        .iter()
+        .filter_map(|w| match w {
+            Write::Append(e, _) => Some(e),
+            _ => None,
+        })
+        .collect();
+    let mut first_of = std::collections::HashMap::new();
+    for (i, e) in events.iter().enumerate() {
+        first_of.entry(e.id).or_insert(i);
+    }
+    let unique: Vec<&NewEvent> = events
+        .iter()
+        .enumerate()
+        .filter(|(i, e)| first_of[&e.id] == *i)
+        .map(|(_, e)| *e)
+        .collect();
+    let mut inserted = std::collections::HashSet::new();
+    if !unique.is_empty() {
+        let ids: Vec<Vec<u8>> = unique.iter().map(|e| e.id.to_bytes().to_vec()).collect();
+        let routes: Vec<&str> = unique.iter().map(|e| &*e.route).collect();
+        let received: Vec<i64> = unique.iter().map(|e| db_ms(e.received_ms)).collect();
+        let sources: Vec<Option<&str>> = unique.iter().map(|e| e.source_id.as_deref()).collect();
+        let statuses: Vec<Option<&str>> = unique.iter().map(|e| e.status.as_deref()).collect();
+        let origins: Vec<i16> = unique.iter().map(|e| origin_code(e.origin)).collect();
+        let headers: Vec<Value> = unique
+            .iter()
+            .map(|e| serde_json::to_value(&e.headers).expect("headers serialise"))
+            .collect();
+        let bodies: Vec<&[u8]> = unique.iter().map(|e| &e.body[..]).collect();
+        let open: Vec<i32> = unique.iter().map(|e| e.subscribers.len() as i32).collect();
+        let ttls: Vec<i64> = unique.iter().map(|e| db_ms(e.ttl_ms)).collect();
+        let mut d_ids = Vec::new();
+        let mut d_subs = Vec::new();
+        let mut d_routes = Vec::new();
+        let mut d_due = Vec::new();
+        for e in &unique {
+            for s in &e.subscribers {
+                d_ids.push(e.id.to_bytes().to_vec());
+                d_subs.push(&**s);
+                d_routes.push(&*e.route);
+                d_due.push(db_ms(e.received_ms));
+            }
+        }
+        let rows = tx
+            .query(
+                &inner.sql.append,
+                &[
+                    &ids,
+                    &routes,
+                    &received,
+                    &sources,
+                    &statuses,
+                    &origins,
+                    &headers,
+                    &bodies,
+                    &open,
+                    &ttls,
+                    &d_ids,
+                    &d_subs,
+                    &d_routes,
+                    &d_due,
+                    &inner.owner,
+                    &inner.lease_ms,
+                ],
+            )
+            .await
+            .map_err(|e| inner.failed(e))?;
+        for row in rows {
+            inserted.insert(event_id(row.get::<_, &[u8]>(0))?);
+        }
+    }
+    let appends: Vec<AppendOutcome> = events
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            if first_of[&e.id] == i && inserted.contains(&e.id) {
+                AppendOutcome::Accepted
+            } else {
+                AppendOutcome::Duplicate
+            }
+        })
+        .collect();
+    // Attempt results, pipelined on the one connection.
+    let updates: Vec<&AttemptUpdate> = batch
+        .iter()
+        .filter_map(|w| match w {
+            Write::Attempt(u, _) => Some(u),
+            _ => None,
+        })
+        .collect();
+    if updates.is_empty() {
+        tx.commit().await.map_err(|e| inner.failed(e))?;
+        return Ok((appends, Vec::new()));
+    }
+    let statement = tx
+        .prepare_cached(&inner.sql.attempt)
+        .await
+        .map_err(|e| inner.failed(e))?;
+    let queries = updates.iter().map(|u| {
+        let id = u.event.to_bytes().to_vec();
+        let attempt = u.attempt.as_ref().map(attempt_json);
+        let number = u.attempt.as_ref().map_or(0, |a| a.attempt as i32);
+        let now = db_ms(
+            u.attempt
+                .as_ref()
+                .map_or_else(super::now_ms, |a| a.at_ms.saturating_add(a.duration_ms)),
+        );
+        let (state, due, reason, keep, closes) = match &u.next {
+            Next::Retry { due_ms, keep_claim } => (0i16, db_ms(*due_ms), None, *keep_claim, false),
+            Next::Delivered => (1, 0, None, false, true),
+            Next::Dead { reason } => (2, 0, Some(reason.clone()), false, false),
+        };
+        let statement = statement.clone();
+        let tx = &tx;
+        let owner = inner.owner.clone();
+        let subscriber = u.subscriber.to_string();
+        async move {
+            tx.query_one(
+                &statement,
+                &[
+                    &id,
+                    &subscriber,
+                    &owner,
+                    &number,
+                    &attempt,
+                    &now,
+                    &state,
+                    &due,
+                    &reason,
+                    &keep,
+                    &closes,
+                ],
+            )
+            .await
+            .map(|row| {
+                if row.get::<_, i64>(0) > 0 {
+                    Recorded::Applied
+                } else {
+                    Recorded::Stale
+                }
+            })
+        }
+    });
+    let results = futures_join_all(queries).await;
+    let mut attempts = Vec::with_capacity(results.len());
+    for r in results {
+        attempts.push(r.map_err(|e| inner.failed(e))?);
+    }
+    tx.commit().await.map_err(|e| inner.failed(e))?;
+    Ok((appends, attempts))
+}
+
+/// Polls every future to completion (they share one connection, so their
+/// queries are pipelined), keeping their order.
+async fn futures_join_all<F: std::future::Future>(
+    futures: impl Iterator<Item = F>,
+) -> Vec<F::Output> {
+    let mut set = Vec::new();
+    for f in futures {
+        set.push(Box::pin(f));
+    }
+    let mut out: Vec<Option<F::Output>> = (0..set.len()).map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (i, f) in set.iter_mut().enumerate() {
+            if out[i].is_none() {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => out[i] = Some(v),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    out.into_iter()
+        .map(|v| v.expect("every future finished"))
+        .collect()
+}
+
+/// Renews this replica's leases every third of the lease.
+async fn renew_loop(inner: Arc<Inner>, lease: Duration) {
+    let every = (lease / 3).max(Duration::from_millis(100));
+    loop {
+        tokio::select! {
+            _ = inner.stop.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        match inner.client().await {
+            Ok(client) => {
+                if let Err(e) = client
+                    .execute(&inner.sql.renew, &[&inner.owner, &inner.lease_ms])
+                    .await
+                {
+                    tracing::warn!(error = %inner.failed(e), "cannot renew delivery leases");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot renew delivery leases"),
+        }
+    }
+}
+
+/// Checks the server every second; readiness follows.
+async fn health_loop(inner: Arc<Inner>) {
+    let mut was = true;
+    loop {
+        tokio::select! {
+            _ = inner.stop.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+        let ok = match tokio::time::timeout(Duration::from_secs(2), inner.pool.get()).await {
+            Ok(Ok(client)) => matches!(
+                tokio::time::timeout(Duration::from_secs(2), client.simple_query("SELECT 1")).await,
+                Ok(Ok(_))
+            ),
+            _ => false,
+        };
+        inner.available.store(ok, Ordering::Relaxed);
+        if ok != was {
+            if ok {
+                tracing::warn!("PostgreSQL is reachable again");
+                // Work may have piled up while it was gone.
+                inner.wake.notify_waiters();
+            } else {
+                tracing::error!("PostgreSQL is unreachable; ingress answers 503 until it returns");
+            }
+            was = ok;
+        }
+    }
+}
+
+/// Listens for work signals from other replicas (a replay, released
+/// claims) on a connection of its own, reconnecting when it drops.
+async fn listen_loop(inner: Arc<Inner>, config: tokio_postgres::Config) {
+    loop {
+        if inner.stop.is_cancelled() {
+            return;
+        }
+        match config.connect(tls()).await {
+            Ok((client, mut connection)) => {
+                let wake = inner.wake.clone();
+                let mut driver = tokio::spawn(async move {
+                    loop {
+                        match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+                            Some(Ok(tokio_postgres::AsyncMessage::Notification(_))) => {
+                                wake.notify_waiters()
+                            }
+                            Some(Ok(_)) => {}
+                            Some(Err(_)) | None => return,
+                        }
+                    }
+                });
+                if client.batch_execute(&inner.sql.listen).await.is_ok() {
+                    tokio::select! {
+                        _ = inner.stop.cancelled() => { driver.abort(); return; }
+                        _ = &mut driver => {}
+                    }
+                } else {
+                    driver.abort();
+                }
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot open the work-signal connection; retrying")
+            }
+        }
+        tokio::select! {
+            _ = inner.stop.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}
+
+fn delivery_view(row: &Row) -> Result<DeliveryView, StoreError> {
+    let event = event_id(row.get::<_, &[u8]>("event_id"))?;
+    let subscriber: String = row.get("subscriber");
+    let history: Value = row.get("history");
+    Ok(DeliveryView {
+        id: format!("{event}.{subscriber}"),
+        event_id: event,
+        route: row.get("route"),
+        subscriber,
+        state: state_from(row.get("state"))?,
+        attempts: row.get::<_, i32>("attempts") as u32,
+        due_ms: ms(row.get("due_ms")),
+        received_ms: ms(row.get("received_ms")),
+        schedule_start_ms: ms(row.get("schedule_start_ms")),
+        updated_ms: ms(row.get("updated_ms")),
+        dead_reason: row.get("dead_reason"),
+        history: history
+            .as_array()
+            .map(|a| a.iter().map(attempt_from).collect())
+            .unwrap_or_default(),
+    })
+}
+
+const DELIVERY_COLUMNS: &str = "d.event_id, d.subscriber, d.route, d.state, d.attempts, d.due_ms, \
+     d.schedule_start_ms, d.updated_ms, d.dead_reason, d.history, e.received_ms";
+
+impl PostgresStore {
+    /// Selected dead letters, locked for this transaction: (event, subscriber).
+    fn dead_filter(selector: &DeadSelector) -> (String, Vec<Vec<u8>>, Vec<String>) {
+        match selector {
+            DeadSelector::Ids(ids) => (
+                "(event_id, subscriber) IN (SELECT * FROM unnest($1::bytea[], $2::text[]))".into(),
+                ids.iter().map(|i| i.event.to_bytes().to_vec()).collect(),
+                ids.iter().map(|i| i.subscriber.clone()).collect(),
+            ),
+            DeadSelector::Subscriber { route, subscriber } => (
+                "route = ($2::text[])[1] AND subscriber = ($2::text[])[2] AND cardinality($1::bytea[]) = 0"
+                    .into(),
+                Vec::new(),
+                vec![route.clone(), subscriber.clone()],
+            ),
+        }
+    }
+}
+
+#[async_trait]
+impl Store for PostgresStore {
+    async fn append(&self, event: NewEvent) -> Result<AppendOutcome, StoreError> {
+        self.write(|reply| Write::Append(event, reply)).await
+    }
+
+    async fn claim_due(
+        &self,
+        route: &str,
+        subscriber: &str,
+        until_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<Claimed>, StoreError> {
+        let inner = &self.inner;
+        let client = inner.client().await?;
+        let rows = client
+            .query(
+                &inner.sql.claim,
+                &[
+                    &route,
+                    &subscriber,
+                    &db_ms(until_ms),
+                    &(limit as i64),
+                    &inner.owner,
+                    &inner.lease_ms,
+                ],
+            )
+            .await
+            .map_err(|e| inner.failed(e))?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            out.push(Claimed {
+                event: event_id(row.get::<_, &[u8]>(0))?,
+                attempts: row.get::<_, i32>(1) as u32,
+                due_ms: ms(row.get(2)),
+                schedule_start_ms: ms(row.get(3)),
+                received_ms: ms(row.get(4)),
+                origin: origin_from(row.get(5)),
+            });
+        }
+        out.sort_by_key(|c| c.due_ms);
+        Ok(out)
+    }
+
+    async fn release(
+        &self,
+        route: &str,
+        subscriber: &str,
+        events: &[EventId],
+    ) -> Result<(), StoreError> {
+        let inner = &self.inner;
+        let ids: Vec<Vec<u8>> = events.iter().map(|e| e.to_bytes().to_vec()).collect();
+        let client = inner.client().await?;
+        let n = client
+            .execute(
+                &inner.sql.release,
+                &[&inner.owner, &route, &subscriber, &ids],
+            )
+            .await
+            .map_err(|e| inner.failed(e))?;
+        if n > 0 {
+            let _ = client.execute(&inner.sql.notify, &[]).await;
+        }
+        Ok(())
+    }
+
+    async fn renew_claims(&self) -> Result<(), StoreError> {
+        let inner = &self.inner;
+        let client = inner.client().await?;
+        client
+            .execute(&inner.sql.renew, &[&inner.owner, &inner.lease_ms])
+            .await
+            .map_err(|e| inner.failed(e))?;
+        Ok(())
+    }
+
+    async fn record_attempt(&self, update: AttemptUpdate) -> Result<Recorded, StoreError> {
+        self.write(|reply| Write::Attempt(update, reply)).await
+    }
+
+    async fn body(&self, event: EventId) -> Result<Option<Bytes>, StoreError> {
+        let inner = &self.inner;
+        let client = inner.client().await?;
+        let row = client
+            .query_opt(
+                &format!("SELECT body FROM {}.events WHERE id = $1", inner.schema),
+                &[&event.to_bytes().as_slice()],
+            )
+            .await
+            .map_err(|e| inner.failed(e))?;
+        Ok(row
+            .and_then(|r| r.get::<_, Option<Vec<u8>>>(0))
+            .map(Bytes::from))
+    }
+
+    async fn event(&self, event: EventId) -> Result<Option<EventView>, StoreError> {
+        let inner = &self.inner;
+        let s = &inner.schema;
+        let client = inner.client().await?;
+        let id = event.to_bytes().to_vec();
+        let Some(row) = client
+            .query_opt(
+                &format!(
+                    "SELECT route, received_ms, source_id, status, origin, headers, body_len, \
+                     open_count, pruned FROM {s}.events WHERE id = $1"
+                ),
+                &[&id],
+            )
+            .await
+            .map_err(|e| inner.failed(e))?
+        else {
+            return Ok(None);
+        };
+        let pruned: bool = row.get("pruned");
+        let deliveries = if pruned {
+            Vec::new()
+        } else {
+            client
+                .query(
+                    &format!(
+                        "SELECT {DELIVERY_COLUMNS} FROM {s}.deliveries d JOIN {s}.events e \
+                         ON e.id = d.event_id WHERE d.event_id = $1 ORDER BY d.subscriber"
+                    ),
+                    &[&id],
+                )
+                .await
+                .map_err(|e| inner.failed(e))?
+                .iter()
+                .map(delivery_view)
+                .collect::<Result<_, _>>()?
+        };
+        let headers: Value = row.get("headers");
+        Ok(Some(EventView {
+            event_id: event,
+            route: row.get("route"),
+            received_ms: ms(row.get("received_ms")),
+            source_id: if pruned { None } else { row.get("source_id") },
+            status: if pruned { None } else { row.get("status") },
+            origin: origin_from(row.get("origin")),
+            headers: serde_json::from_value(headers).unwrap_or_default(),
+            body_len: if pruned {
+                0
+            } else {
+                row.get::<_, i32>("body_len") as u64
+            },
+            open: row.get::<_, i32>("open_count") as u32,
+            pruned,
+            deliveries,
+        }))
+    }
+
+    async fn events(&self, query: EventQuery) -> Result<EventPage, StoreError> {
+        let inner = &self.inner;
+        let s = &inner.schema;
+        let client = inner.client().await?;
+        let before = match &query.before {
+            Some(c) => c.parse::<i64>().map_err(|_| {
+                StoreError::Corrupt("the `before` cursor is not one this store made".into())
+            })?,
+            None => i64::MAX,
+        };
+        let columns = "id, seq, route, received_ms, source_id, status, origin, body_len";
+        let fetch = query.limit as i64 + 1;
+        let rows = match (&query.source_id, &query.route) {
+            (Some(source), route) => {
+                client
+                    .query(
+                        &format!(
+                            "SELECT {columns} FROM {s}.events WHERE source_id = $1 \
+                             AND ($2::text IS NULL OR route = $2) AND seq < $3 AND NOT pruned \
+                             ORDER BY seq DESC LIMIT $4"
+                        ),
+                        &[source, route, &before, &fetch],
+                    )
+                    .await
+            }
+            (None, Some(route)) => {
+                client
+                    .query(
+                        &format!(
+                            "SELECT {columns} FROM {s}.events WHERE route = $1 AND seq < $2 \
+                             AND NOT pruned ORDER BY seq DESC LIMIT $3"
+                        ),
+                        &[route, &before, &fetch],
+                    )
+                    .await
+            }
+            (None, None) => {
+                client
+                    .query(
+                        &format!(
+                            "SELECT {columns} FROM {s}.events WHERE seq < $1 AND NOT pruned \
+                             ORDER BY seq DESC LIMIT $2"
+                        ),
+                        &[&before, &fetch],
+                    )
+                    .await
+            }
+        }
+        .map_err(|e| inner.failed(e))?;
+        let more = rows.len() > query.limit;
+        let rows = &rows[..rows.len().min(query.limit)];
+        let ids: Vec<Vec<u8>> = rows.iter().map(|r| r.get::<_, Vec<u8>>("id")).collect();
+        let briefs = client
+            .query(
+                &format!(
+                    "SELECT event_id, subscriber, state, attempts FROM {s}.deliveries \
+                     WHERE event_id = ANY($1) ORDER BY subscriber"
+                ),
+                &[&ids],
+            )
+            .await
+            .map_err(|e| inner.failed(e))?;
+        let mut events = Vec::with_capacity(rows.len());
+        for row in rows {
+            let id: Vec<u8> = row.get("id");
+            let mut deliveries = Vec::new();
+            for b in briefs
+                .iter()
+                .filter(|b| b.get::<_, &[u8]>(0) == id.as_slice())
+            {
+                deliveries.push(DeliveryBrief {
+                    subscriber: b.get(1),
+                    state: state_from(b.get(2))?,
+                    attempts: b.get::<_, i32>(3) as u32,
+                });
+            }
+            events.push(EventSummary {
+                event_id: event_id(&id)?,
+                route: row.get("route"),
+                received_ms: ms(row.get("received_ms")),
+                source_id: row.get("source_id"),
+                status: row.get("status"),
+                origin: origin_from(row.get("origin")),
+                body_len: row.get::<_, i32>("body_len") as u64,
+                deliveries,
+            });
+        }
+        let next_before = if more {
+            rows.last().map(|r| r.get::<_, i64>("seq").to_string())
+        } else {
+            None
+        };
+        Ok(EventPage {
+            events,
+            next_before,
+        })
+    }
+
+    async fn dead_letters(&self, query: DeadLetterQuery) -> Result<Vec<DeliveryView>, StoreError> {
+        let inner = &self.inner;
+        let s = &inner.schema;
+        let client = inner.client().await?;
+        let rows = client
+            .query(
+                &format!(
+                    "SELECT {DELIVERY_COLUMNS} FROM {s}.deliveries d JOIN {s}.events e \
+                     ON e.id = d.event_id WHERE d.state = 2 \
+                     AND ($1::text IS NULL OR d.route = $1) AND ($2::text IS NULL OR d.subscriber = $2) \
+                     ORDER BY d.updated_ms DESC, d.event_id DESC LIMIT $3"
+                ),
+                &[&query.route, &query.subscriber, &(query.limit as i64)],
+            )
+            .await
+            .map_err(|e| inner.failed(e))?;
+        rows.iter().map(delivery_view).collect()
+    }
+
+    async fn replay(
+        &self,
+        selector: DeadSelector,
+        now_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<DeliveryView>, StoreError> {
+        let inner = &self.inner;
+        let s = &inner.schema;
+        let (filter, ids, names) = Self::dead_filter(&selector);
+        let client = inner.client().await?;
+        let rows = client
+            .query(
+                &format!(
+                    "WITH t AS (
+                       SELECT event_id, subscriber FROM {s}.deliveries
+                       WHERE state = 2 AND {filter}
+                       ORDER BY updated_ms LIMIT $3 FOR UPDATE SKIP LOCKED
+                     ), d AS (
+                       UPDATE {s}.deliveries d SET state = 0, attempts = 0, dead_reason = NULL,
+                         due_ms = $4, schedule_start_ms = $4, updated_ms = $4,
+                         owner = NULL, lease_until = NULL
+                       FROM t WHERE d.event_id = t.event_id AND d.subscriber = t.subscriber
+                       RETURNING d.*
+                     )
+                     SELECT {DELIVERY_COLUMNS} FROM d JOIN {s}.events e ON e.id = d.event_id"
+                ),
+                &[&ids, &names, &(limit as i64), &db_ms(now_ms)],
+            )
+            .await
+            .map_err(|e| inner.failed(e))?;
+        if !rows.is_empty() {
+            let _ = client.execute(&inner.sql.notify, &[]).await;
+        }
+        rows.iter().map(delivery_view).collect()
+    }
+
+    async fn delete_dead(
+        &self,
+        selector: DeadSelector,
+        now_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<DeliveryView>, StoreError> {
+        let inner = &self.inner;
+        let s = &inner.schema;
+        let (filter, ids, names) = Self::dead_filter(&selector);
+        let client = inner.client().await?;
+        let rows = client
+            .query(
+                &format!(
+                    "WITH t AS (
+                       SELECT event_id, subscriber FROM {s}.deliveries
+                       WHERE state = 2 AND {filter}
+                       ORDER BY updated_ms LIMIT $3 FOR UPDATE SKIP LOCKED
+                     ), d AS (
+                       UPDATE {s}.deliveries d SET state = 3, updated_ms = $4
+                       FROM t WHERE d.event_id = t.event_id AND d.subscriber = t.subscriber
+                       RETURNING d.*
+                     ), c AS (
+                       SELECT event_id, count(*)::int AS n FROM d GROUP BY event_id
+                     ), e AS (
+                       UPDATE {s}.events ev SET open_count = ev.open_count - c.n,
+                         done_ms = CASE WHEN ev.open_count - c.n = 0 THEN $4 ELSE ev.done_ms END
+                       FROM c WHERE ev.id = c.event_id
+                     )
+                     SELECT {DELIVERY_COLUMNS} FROM d JOIN {s}.events e ON e.id = d.event_id"
+                ),
+                &[&ids, &names, &(limit as i64), &db_ms(now_ms)],
+            )
+            .await
+            .map_err(|e| inner.failed(e))?;
+        rows.iter().map(delivery_view).collect()
+    }
+
+    async fn kill_pending(
+        &self,
+        route: &str,
+        subscriber: &str,
+        reason: &str,
+        now_ms: u64,
+        limit: usize,
+    ) -> Result<usize, StoreError> {
+        let inner = &self.inner;
+        let s = &inner.schema;
+        let client = inner.client().await?;
+        let n = client
+            .execute(
+                &format!(
+                    "WITH t AS (
+                       SELECT event_id, subscriber FROM {s}.deliveries
+                       WHERE route = $1 AND subscriber = $2 AND state = 0
+                         AND (owner IS NULL OR lease_until < {NOW_MS})
+                       LIMIT $3 FOR UPDATE SKIP LOCKED
+                     )
+                     UPDATE {s}.deliveries d SET state = 2, dead_reason = $4, updated_ms = $5,
+                       owner = NULL, lease_until = NULL
+                     FROM t WHERE d.event_id = t.event_id AND d.subscriber = t.subscriber"
+                ),
+                &[
+                    &route,
+                    &subscriber,
+                    &(limit as i64),
+                    &reason,
+                    &db_ms(now_ms),
+                ],
+            )
+            .await
+            .map_err(|e| inner.failed(e))?;
+        Ok(n as usize)
+    }
+
+    async fn counts(&self) -> Result<Vec<LaneCounts>, StoreError> {
+        let inner = &self.inner;
+        let client = inner.client().await?;
+        let rows = client
+            .query(
+                &format!(
+                    "SELECT route, subscriber, count(*) FILTER (WHERE state = 0), \
+                     count(*) FILTER (WHERE state = 2) FROM {}.deliveries \
+                     WHERE state IN (0, 2) GROUP BY route, subscriber ORDER BY route, subscriber",
+                    inner.schema
+                ),
+                &[],
+            )
+            .await
+            .map_err(|e| inner.failed(e))?;
+        Ok(rows
+            .iter()
+            .map(|r| LaneCounts {
+                route: r.get(0),
+                subscriber: r.get(1),
+                pending: r.get::<_, i64>(2) as u64,
+                dead: r.get::<_, i64>(3) as u64,
+            })
+            .collect())
+    }
+
+    async fn prune(&self, policy: PrunePolicy) -> Result<PruneReport, StoreError> {
+        let inner = &self.inner;
+        let s = &inner.schema;
+        let mut client = inner.client().await?;
+        let tx = client.transaction().await.map_err(|e| inner.failed(e))?;
+        // One replica prunes at a time; the others skip this run.
+        let got: bool = tx
+            .query_one(
+                "SELECT pg_try_advisory_xact_lock($1, hashtext($2) + 1)",
+                &[&LOCK_SPACE, &inner.schema],
+            )
+            .await
+            .map_err(|e| inner.failed(e))?
+            .get(0);
+        if !got {
+            return Ok(PruneReport::default());
+        }
+        let now = db_ms(policy.now_ms);
+        let limit = policy.max_items as i64;
+        let dl_cutoff = db_ms(
+            policy
+                .now_ms
+                .saturating_sub(policy.dead_letter_retention_ms),
+        );
+        let dead_letters = tx
+            .execute(
+                &format!(
+                    "WITH t AS (
+                       SELECT event_id, subscriber FROM {s}.deliveries
+                       WHERE state = 2 AND updated_ms < $1 LIMIT $2 FOR UPDATE SKIP LOCKED
+                     ), d AS (
+                       UPDATE {s}.deliveries d SET state = 3, updated_ms = $3
+                       FROM t WHERE d.event_id = t.event_id AND d.subscriber = t.subscriber
+                       RETURNING d.event_id
+                     ), c AS (SELECT event_id, count(*)::int AS n FROM d GROUP BY event_id)
+                     UPDATE {s}.events ev SET open_count = ev.open_count - c.n,
+                       done_ms = CASE WHEN ev.open_count - c.n = 0 THEN 0 ELSE ev.done_ms END
+                     FROM c WHERE ev.id = c.event_id"
+                ),
+                &[&dl_cutoff, &limit, &now],
+            )
+            .await
+            .map_err(|e| inner.failed(e))? as usize;
+        let cutoff = db_ms(policy.now_ms.saturating_sub(policy.retention_ms));
+        let details = tx
+            .execute(
+                &format!(
+                    "WITH v AS (
+                       SELECT id FROM {s}.events
+                       WHERE open_count = 0 AND NOT pruned AND done_ms < $1
+                       LIMIT $2 FOR UPDATE SKIP LOCKED
+                     ), gone AS (
+                       DELETE FROM {s}.deliveries WHERE event_id IN (SELECT id FROM v)
+                     )
+                     UPDATE {s}.events SET body = NULL, headers = '[]', source_id = NULL,
+                       status = NULL, pruned = true
+                     WHERE id IN (SELECT id FROM v)"
+                ),
+                &[&cutoff, &limit],
+            )
+            .await
+            .map_err(|e| inner.failed(e))? as usize;
+        let key_cutoff = db_ms(policy.now_ms.saturating_sub(policy.ttl_ms));
+        let keys = tx
+            .execute(
+                &format!(
+                    "DELETE FROM {s}.events WHERE id IN (
+                       SELECT id FROM {s}.events WHERE pruned AND received_ms < $1
+                       LIMIT $2 FOR UPDATE SKIP LOCKED)"
+                ),
+                &[&key_cutoff, &limit],
+            )
+            .await
+            .map_err(|e| inner.failed(e))? as usize;
+        tx.commit().await.map_err(|e| inner.failed(e))?;
+        Ok(PruneReport {
+            details,
+            keys,
+            dead_letters,
+            more: details == policy.max_items
+                || keys == policy.max_items
+                || dead_letters == policy.max_items,
+        })
+    }
+
+    async fn size(&self) -> Result<StoreSize, StoreError> {
+        let inner = &self.inner;
+        let client = inner.client().await?;
+        let row = client
+            .query_one(
+                &format!(
+                    "SELECT pg_total_relation_size('{s}.events') + pg_total_relation_size('{s}.deliveries'),
+                            pg_relation_size('{s}.events') + pg_relation_size('{s}.deliveries')",
+                    s = inner.schema
+                ),
+                &[],
+            )
+            .await
+            .map_err(|e| inner.failed(e))?;
+        Ok(StoreSize {
+            file_bytes: ms(row.get(0)),
+            used_bytes: ms(row.get(1)),
+        })
+    }
+
+    fn available(&self) -> bool {
+        self.inner.available.load(Ordering::Relaxed)
+    }
+
+    fn wakeups(&self) -> Option<Arc<Notify>> {
+        Some(self.inner.wake.clone())
+    }
+
+    async fn close(&self) {
+        // The writer finishes what is queued, then every claim is released
+        // (other replicas are told), then the background tasks stop.
+        drop(self.writer.lock().expect("writer lock").take());
+        let tasks: Vec<_> = std::mem::take(&mut *self.tasks.lock().expect("tasks lock"));
+        let mut tasks = tasks.into_iter();
+        if let Some(writer) = tasks.next() {
+            let _ = writer.await;
+        }
+        let inner = &self.inner;
+        match inner.client().await {
+            Ok(client) => {
+                if let Err(e) = client
+                    .execute(&inner.sql.release_all, &[&inner.owner])
+                    .await
+                {
+                    tracing::warn!(error = %e, "cannot release claims at shutdown; their leases will expire");
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot release claims at shutdown; their leases will expire")
+            }
+        }
+        inner.notify().await;
+        inner.stop.cancel();
+        for task in tasks {
+            let _ = task.await;
+        }
+        inner.pool.close();
+    }
+}
