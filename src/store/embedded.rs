@@ -217,7 +217,7 @@ impl Handle {
     fn reopen(&self) -> Result<(), StoreError> {
         let _no_readers = self.readers.write().expect("store readers lock");
         drop(self.current.write().expect("store handle lock").take());
-        let db = open_database(&self.path, self.cache_bytes)?;
+        let db = open_or_convert(&self.path, self.cache_bytes)?;
         *self.names.write().expect("names lock") = load_names(&db)?;
         *self.current.write().expect("store handle lock") = Some(Arc::new(db));
         tracing::warn!(path = %self.path.display(), "store reopened after an error");
@@ -246,7 +246,9 @@ fn backend(e: impl std::fmt::Display) -> StoreError {
     StoreError::Backend(e.to_string())
 }
 
-fn open_database(path: &Path, cache_bytes: usize) -> Result<Database, StoreError> {
+/// Opens (or creates) the file; `None` when it was written by hookrelay 0.1
+/// and must be converted first.
+fn open_database(path: &Path, cache_bytes: usize) -> Result<Option<Database>, StoreError> {
     let shown = path.display().to_string();
     let mut builder = redb::Builder::new();
     builder.set_cache_size(cache_bytes);
@@ -260,12 +262,7 @@ fn open_database(path: &Path, cache_bytes: usize) -> Result<Database, StoreError
         Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
             return Err(StoreError::Locked(path.display().to_string()))
         }
-        Err(redb::DatabaseError::UpgradeRequired(_)) => {
-            return Err(StoreError::Corrupt(format!(
-                "{} was written by an older hookrelay; it is converted at start",
-                path.display()
-            )))
-        }
+        Err(redb::DatabaseError::UpgradeRequired(_)) => return Ok(None),
         Err(e) => return Err(StoreError::Backend(format!("{}: {e}", path.display()))),
     };
     // Create every table up front so readers never meet a missing one.
@@ -295,7 +292,18 @@ fn open_database(path: &Path, cache_bytes: usize) -> Result<Database, StoreError
         txn.open_table(COUNTS).map_err(backend)?;
     }
     txn.commit().map_err(backend)?;
-    Ok(db)
+    Ok(Some(db))
+}
+
+/// Opens the file, converting a 0.1 store first.
+fn open_or_convert(path: &Path, cache_bytes: usize) -> Result<Database, StoreError> {
+    if let Some(db) = open_database(path, cache_bytes)? {
+        return Ok(db);
+    }
+    super::upgrade::convert_0_1(path, cache_bytes)?;
+    open_database(path, cache_bytes)?.ok_or_else(|| {
+        StoreError::Corrupt(format!("{} could not be converted", path.display()))
+    })
 }
 
 fn load_names(db: &Database) -> Result<Names, StoreError> {
@@ -344,8 +352,7 @@ impl EmbeddedStore {
             ))
         })?;
         let path = dir.join(FILE_NAME);
-        super::upgrade::upgrade_if_needed(&path, cache_bytes)?;
-        let database = open_database(&path, cache_bytes)?;
+        let database = open_or_convert(&path, cache_bytes)?;
         let names = load_names(&database)?;
         let db = Arc::new(Handle {
             current: RwLock::new(Some(Arc::new(database))),
@@ -1269,7 +1276,8 @@ impl<'t> Tables<'t> {
 
 /// A new, empty store file in the current layout (for the 0.1 converter).
 pub(super) fn create_for_upgrade(path: &Path, cache_bytes: usize) -> Result<Database, StoreError> {
-    open_database(path, cache_bytes)
+    open_database(path, cache_bytes)?
+        .ok_or_else(|| StoreError::Corrupt("a new store file needs an upgrade".into()))
 }
 
 /// Writes whole records with their index entries, for the 0.1 converter.

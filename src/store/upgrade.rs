@@ -68,26 +68,12 @@ fn backend(e: impl std::fmt::Display) -> StoreError {
     StoreError::Backend(format!("converting the 0.1 store: {e}"))
 }
 
-/// Converts `path` in place if it was written by hookrelay 0.1.
-pub(super) fn upgrade_if_needed(path: &Path, cache_bytes: usize) -> Result<(), StoreError> {
+/// Converts `path`, written by hookrelay 0.1, in place (the caller found
+/// that redb needs an upgrade to open it).
+pub(super) fn convert_0_1(path: &Path, cache_bytes: usize) -> Result<(), StoreError> {
     let partial = path.with_extension("redb.converting");
     if partial.exists() {
         std::fs::remove_file(&partial).map_err(backend)?;
-    }
-    if !path.exists() {
-        return Ok(());
-    }
-    match redb::Builder::new().set_cache_size(cache_bytes).open(path) {
-        Ok(db) => {
-            drop(db);
-            return Ok(());
-        }
-        Err(redb::DatabaseError::UpgradeRequired(_)) => {}
-        Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
-            return Err(StoreError::Locked(path.display().to_string()))
-        }
-        // Let the normal open report anything else.
-        Err(_) => return Ok(()),
     }
     tracing::warn!(path = %path.display(), "store written by hookrelay 0.1: converting it");
     let old = match redb2::Database::open(path) {
