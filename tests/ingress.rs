@@ -404,3 +404,85 @@ async fn a_busy_http2_connection_outlives_the_first_request_deadline() {
     assert!(started.elapsed() > Duration::from_millis(1000));
     gw.gateway.shutdown().await;
 }
+
+/// Bodies that are not strictly valid JSON are refused on every source,
+/// with the same words; duplicate keys are refused on every source.
+#[tokio::test]
+async fn bodies_must_be_strictly_valid_json_on_every_source() {
+    let sink = Sink::start().await;
+    let generic = format!(
+        r#"  - name: generic
+    path: /hooks/generic
+    source: generic
+    auth:
+      tokens: ["{TOKEN}"]
+    subscribers:
+      - name: app
+        url: {}
+"#,
+        sink.url("/g")
+    );
+    let gw = TestGateway::start(&config(&sink, &generic), None).await;
+    let client = TestClient::plain(gw.ingress);
+    let auth = format!("Bearer {TOKEN}");
+    let headers = [("authorization", auth.as_str())];
+    let bad: &[(&[u8], &str)] = &[
+        (
+            b"{\"id\":\"-\",\"status\":\"d\",\"\":\"\xce\"}",
+            "not valid JSON",
+        ),
+        (
+            b"{\"id\":\"-\",\"status\":\"d\",\"x\":\"\\ud800\"}",
+            "not valid JSON",
+        ),
+        (
+            b"{\"id\":\"-\",\"status\":\"d\",\"x\":[1e400]}",
+            "not valid JSON",
+        ),
+        (
+            b"{\"id\":\"-\",\"status\":\"d\",\"\xce\":1}",
+            "not valid JSON",
+        ),
+        (b"not json at all", "not valid JSON"),
+        (b"", "not valid JSON"),
+        (b"{\"id\":\"a\",\"id\":\"a\",\"status\":\"d\"}", "duplicate"),
+        (
+            b"{\"id\":\"a\",\"status\":\"d\",\"x\":{\"k\":1,\"k\":2}}",
+            "duplicate",
+        ),
+        (
+            b"{\"id\":\"a\",\"status\":\"d\",\"key\":1,\"k\\u0065y\":2}",
+            "duplicate",
+        ),
+        (
+            b"[{\"id\":\"a\",\"status\":\"d\"}]",
+            "must be a JSON object",
+        ),
+    ];
+    for path in ["/hooks/muapi", "/hooks/generic"] {
+        for (body, words) in bad {
+            let answer = client.send("POST", path, &headers, body.to_vec()).await;
+            assert_eq!(
+                answer.status,
+                StatusCode::BAD_REQUEST,
+                "{path} accepted {}",
+                String::from_utf8_lossy(body)
+            );
+            let error = answer.body["error"].as_str().unwrap();
+            assert!(
+                error.contains(words),
+                "{path}, {}: {error}",
+                String::from_utf8_lossy(body)
+            );
+        }
+        // Escaped surrogate pairs, escaped keys, big integers and deep
+        // nesting are fine.
+        let good = format!(
+            r#"{{"id":"ok{}","status":"completed","e":"\ud83d\ude00","k\u0065y1":1,"key2":2,"n":123456789012345678901234567890,"m":-0.0e-5,"d":[[[{{}}]]]}}"#,
+            path.len()
+        );
+        let answer = client.send("POST", path, &headers, good).await;
+        assert_eq!(answer.status, StatusCode::OK, "{path}: {:?}", answer.body);
+    }
+    gw.gateway.shutdown().await;
+}
