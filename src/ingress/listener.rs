@@ -5,7 +5,9 @@
 //! `auto` builder (HTTP/1.1 and HTTP/2 on one port). Limits: at most
 //! `max_connections` at once (further ones wait in the kernel backlog), a
 //! deadline for the TLS handshake and the first request head, hyper's
-//! `header_read_timeout` for later heads. On shutdown: stop accepting, ask
+//! `header_read_timeout` for later heads, [`MAX_CONCURRENT_STREAMS`] per
+//! HTTP/2 connection. Every request carries the [`BodyPools`] of its
+//! connection and listener, which the handler may draw on. On shutdown: stop accepting, ask
 //! every connection to finish its open requests, wait up to the grace.
 
 use std::convert::Infallible;
@@ -27,6 +29,11 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+
+use super::budget::{BodyPools, Pool};
+
+/// Requests one HTTP/2 connection may have open at once.
+pub const MAX_CONCURRENT_STREAMS: u32 = 100;
 
 /// A boxed response future.
 pub type ResponseFuture = Pin<Box<dyn Future<Output = Response<Full<Bytes>>> + Send>>;
@@ -59,6 +66,7 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) {
     let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let body_total = Arc::new(Pool::default());
     let connections = TaskTracker::new();
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
@@ -70,7 +78,9 @@ pub async fn serve(
         .http2()
         .timer(TokioTimer::new())
         .keep_alive_interval(Some(Duration::from_secs(30)))
-        .max_concurrent_streams(256);
+        // RFC 9113 recommends no fewer than 100; more only multiplies what
+        // one connection can make the gateway hold at once.
+        .max_concurrent_streams(MAX_CONCURRENT_STREAMS);
     let builder = Arc::new(builder);
     loop {
         let slot = tokio::select! {
@@ -94,9 +104,16 @@ pub async fn serve(
         let handler = handler.clone();
         let builder = builder.clone();
         let shutdown = shutdown.clone();
+        let pools = BodyPools {
+            connection: Arc::default(),
+            total: body_total.clone(),
+        };
         connections.spawn(async move {
             let _slot = slot;
-            serve_connection(stream, peer, tls, limits, handler, &builder, shutdown).await;
+            serve_connection(
+                stream, peer, tls, limits, handler, &builder, shutdown, pools,
+            )
+            .await;
         });
     }
     drop(listener);
@@ -109,6 +126,7 @@ pub async fn serve(
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn serve_connection(
     stream: tokio::net::TcpStream,
     peer: SocketAddr,
@@ -117,12 +135,15 @@ async fn serve_connection(
     handler: Handler,
     builder: &auto::Builder<TokioExecutor>,
     shutdown: CancellationToken,
+    pools: BodyPools,
 ) {
     let deadline = tokio::time::Instant::now() + limits.header_read_timeout;
     let activity = Arc::new(Activity::default());
     let seen = activity.clone();
-    let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+    let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
         let busy = Busy::start(seen.clone());
+        // The handler bounds what bodies it holds per connection and in all.
+        request.extensions_mut().insert(pools.clone());
         let answer = handler(peer, request);
         async move {
             let response = answer.await;
