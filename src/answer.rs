@@ -39,6 +39,10 @@ pub enum Rejection {
     /// The store cannot take it now; the sender should retry.
     #[error("temporarily unable to record the callback; retry later")]
     Unavailable,
+    /// Bodies of senders not yet authenticated already hold all the room
+    /// `server.max_unauthenticated_body_bytes[_per_connection]` allow.
+    #[error("too many unauthenticated request bodies in progress; retry later")]
+    Busy,
 }
 
 impl Rejection {
@@ -53,6 +57,7 @@ impl Rejection {
             Rejection::BodyTimeout => "timeout",
             Rejection::Invalid(_) => "invalid",
             Rejection::Unavailable => "unavailable",
+            Rejection::Busy => "busy",
         }
     }
 
@@ -65,7 +70,7 @@ impl Rejection {
             Rejection::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Rejection::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             Rejection::Invalid(_) => StatusCode::BAD_REQUEST,
-            Rejection::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Rejection::Unavailable | Rejection::Busy => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -80,7 +85,7 @@ impl Rejection {
             Rejection::MethodNotAllowed => {
                 headers.insert(header::ALLOW, HeaderValue::from_static("POST"));
             }
-            Rejection::Unavailable => {
+            Rejection::Unavailable | Rejection::Busy => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
             }
             Rejection::TooLarge(_) | Rejection::BodyTimeout => {

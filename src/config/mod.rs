@@ -146,6 +146,15 @@ pub struct ServerConfig {
     /// idle (HTTP/2) connections cannot hold `max_connections` slots forever.
     #[serde(default = "d_idle_timeout", deserialize_with = "duration::deserialize")]
     pub idle_timeout: Duration,
+    /// Bytes of request bodies held at once, in all, before their senders
+    /// are authenticated (routes with `standard_webhooks_secret` and no
+    /// `tokens` read the body to check the signature): bounds the memory
+    /// unauthenticated clients can take. A request beyond it gets 503.
+    #[serde(default = "d_max_unauth_body")]
+    pub max_unauthenticated_body_bytes: u64,
+    /// The same bound for one connection, so one client cannot take it all.
+    #[serde(default = "d_max_unauth_body_conn")]
+    pub max_unauthenticated_body_bytes_per_connection: u64,
 }
 
 /// `server.tls:` — either files or a dev-only self-signed certificate.
@@ -492,6 +501,12 @@ fn d_shutdown_grace() -> Duration {
 }
 fn d_max_body() -> u64 {
     256 * 1024
+}
+fn d_max_unauth_body() -> u64 {
+    64 * 1024 * 1024
+}
+fn d_max_unauth_body_conn() -> u64 {
+    1024 * 1024
 }
 fn d_header_timeout() -> Duration {
     Duration::from_secs(10)

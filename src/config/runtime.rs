@@ -159,8 +159,9 @@ pub struct Route {
     pub path: String,
     /// Body parsing and keying.
     pub source: SourceKind,
-    /// Accepted tokens as bytes (compared in constant time).
-    pub tokens: Vec<Vec<u8>>,
+    /// SHA-256 digests of the accepted tokens (compared in constant time;
+    /// the tokens themselves are not kept here).
+    pub tokens: Vec<crate::ingress::auth::TokenDigest>,
     /// Allowed client networks; empty allows all.
     pub allow_ips: Vec<ipnet::IpNet>,
     /// Decoded Standard Webhooks key for inbound verification.
@@ -220,7 +221,7 @@ impl Config {
                     .auth
                     .tokens
                     .iter()
-                    .map(|t| t.as_bytes().to_vec())
+                    .map(|t| crate::ingress::auth::TokenDigest::of(t.as_bytes()))
                     .collect(),
                 allow_ips: route
                     .auth

@@ -81,6 +81,22 @@ impl Config {
         if self.server.max_connections == 0 {
             p.push(Problem::new("server.max_connections", "must be positive"));
         }
+        // Below max_body_bytes, a signed callback of the allowed size could
+        // never be read on a route authenticated only by its signature.
+        for (key, value) in [
+            (
+                "server.max_unauthenticated_body_bytes",
+                self.server.max_unauthenticated_body_bytes,
+            ),
+            (
+                "server.max_unauthenticated_body_bytes_per_connection",
+                self.server.max_unauthenticated_body_bytes_per_connection,
+            ),
+        ] {
+            if value < self.server.max_body_bytes {
+                p.push(Problem::new(key, "must be at least server.max_body_bytes"));
+            }
+        }
         if self.server.header_read_timeout.is_zero() {
             p.push(Problem::new(
                 "server.header_read_timeout",
@@ -504,6 +520,20 @@ routes:
         );
         assert_problem(&yaml, "server.max_body_bytes", "positive");
         assert_problem(&yaml, "server.max_connections", "positive");
+        let yaml = VALID.replace(
+            "  listen: \"127.0.0.1:0\"\nadmin",
+            "  listen: \"127.0.0.1:0\"\n  max_body_bytes: 2048\n  max_unauthenticated_body_bytes: 2047\n  max_unauthenticated_body_bytes_per_connection: 100\nadmin",
+        );
+        assert_problem(
+            &yaml,
+            "server.max_unauthenticated_body_bytes",
+            "max_body_bytes",
+        );
+        assert_problem(
+            &yaml,
+            "server.max_unauthenticated_body_bytes_per_connection",
+            "max_body_bytes",
+        );
         let yaml = format!("{VALID}defaults: {{ max_in_flight: 0 }}\n");
         assert_problem(&yaml, "defaults.max_in_flight", "positive");
         let yaml = format!("{VALID}idempotency: {{ max_keys: 0 }}\n");

@@ -5,7 +5,9 @@
 //! `auto` builder (HTTP/1.1 and HTTP/2 on one port). Limits: at most
 //! `max_connections` at once (further ones wait in the kernel backlog), a
 //! deadline for the TLS handshake and the first request head, hyper's
-//! `header_read_timeout` for later heads. On shutdown: stop accepting, ask
+//! `header_read_timeout` for later heads, [`MAX_CONCURRENT_STREAMS`] per
+//! HTTP/2 connection. Every request carries the [`BodyPools`] of its
+//! connection and listener, which the handler may draw on. On shutdown: stop accepting, ask
 //! every connection to finish its open requests, wait up to the grace.
 
 use std::convert::Infallible;
@@ -26,6 +28,11 @@ use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+
+use super::budget::{BodyPools, Pool};
+
+/// Requests one HTTP/2 connection may have open at once.
+pub const MAX_CONCURRENT_STREAMS: u32 = 100;
 
 /// A boxed response future.
 pub type ResponseFuture = Pin<Box<dyn Future<Output = Response<Full<Bytes>>> + Send>>;
@@ -64,6 +71,7 @@ pub async fn serve(
 ) {
     let open = Arc::new(AtomicUsize::new(0));
     let closed = Arc::new(tokio::sync::Notify::new());
+    let body_total = Arc::new(Pool::default());
     let connections = TaskTracker::new();
     let cut = CancellationToken::new();
     loop {
@@ -98,11 +106,15 @@ pub async fn serve(
         let shutdown = shutdown.clone();
         let cut = cut.clone();
         let slot = Slot::take(open.clone(), closed.clone());
+        let pools = BodyPools {
+            connection: Arc::default(),
+            total: body_total.clone(),
+        };
         connections.spawn(async move {
             let _slot = slot;
             let builder = builder(&limits);
             tokio::select! {
-                _ = serve_connection(stream, peer, tls, limits, handler, &builder, shutdown) => {}
+                _ = serve_connection(stream, peer, tls, limits, handler, &builder, shutdown, pools) => {}
                 _ = cut.cancelled() => tracing::debug!(%peer, "connection cut at the end of the shutdown grace"),
             }
         });
@@ -152,10 +164,13 @@ fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
         .http2()
         .timer(TokioTimer::new())
         .keep_alive_interval(Some(Duration::from_secs(30)))
-        .max_concurrent_streams(256);
+        // RFC 9113 recommends no fewer than 100; more only multiplies what
+        // one connection can make the gateway hold at once.
+        .max_concurrent_streams(MAX_CONCURRENT_STREAMS);
     builder
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn serve_connection(
     stream: tokio::net::TcpStream,
     peer: SocketAddr,
@@ -164,12 +179,15 @@ async fn serve_connection(
     handler: Handler,
     builder: &auto::Builder<TokioExecutor>,
     shutdown: CancellationToken,
+    pools: BodyPools,
 ) {
     let deadline = tokio::time::Instant::now() + limits.header_read_timeout;
     let activity = Arc::new(Activity::default());
     let seen = activity.clone();
-    let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+    let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
         let busy = Busy::start(seen.clone());
+        // The handler bounds what bodies it holds per connection and in all.
+        request.extensions_mut().insert(pools.clone());
         let answer = handler(peer, request);
         async move {
             let response = answer.await;

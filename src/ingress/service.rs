@@ -1,6 +1,21 @@
 //! One ingress request: route, method, client address, token, body limit,
 //! then intake. Every outcome is counted, timed and logged (path only: the
 //! query string may carry a token and is never logged).
+//!
+//! Two things protect what happens before a sender is known:
+//! - A body read before authentication (a route with only
+//!   `standard_webhooks_secret`) holds a [`Reservation`] against the
+//!   connection's and the listener's bounds
+//!   (`server.max_unauthenticated_body_bytes[_per_connection]`); one that
+//!   does not fit is refused with 503 and `Retry-After`.
+//! - An answer decided before the body has arrived (401, 404, 413, …) is
+//!   sent only after the rest of the body was read and dropped, within
+//!   [`DISCARD_EXTRA_BYTES`] past `max_body_bytes` and [`DISCARD_TIME`]:
+//!   some clients cannot read an answer that arrives while they send (over
+//!   HTTP/2, curl 7.88 fails on the `RST_STREAM(NO_ERROR)` that follows an
+//!   early answer; over HTTP/1.1, closing with unread data can reset the
+//!   connection before the answer is read). Past those bounds the answer
+//!   goes out anyway and the connection (HTTP/1.1) or stream is closed.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -8,12 +23,15 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
-use http::{Method, Request, Response};
-use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::Incoming;
-use subtle::ConstantTimeEq;
+use http::request::Parts;
+use http::{HeaderValue, Method, Request, Response};
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Body, Incoming};
 use tracing::Instrument;
 
+use super::auth;
+pub use super::auth::token_matches;
+use super::budget::{self, BodyPools, Reservation};
 use crate::answer::{self, Rejection};
 use crate::config::{Route, Runtime};
 use crate::intake::{Accepted, Intake};
@@ -46,14 +64,27 @@ pub async fn handle(
         duration_us = tracing::field::Empty,
     );
     let runtime = state.runtime.load_full();
-    let route = runtime.routes.get(request.uri().path()).cloned();
+    let (parts, incoming) = request.into_parts();
+    let mut body = RequestBody {
+        incoming,
+        touched: false,
+    };
+    let route = runtime.routes.get(parts.uri.path()).cloned();
     let (route_label, result) = match &route {
         None => ("unmatched".to_string(), Err(Rejection::NotFound)),
         Some(route) => (
             route.name.to_string(),
-            process(&state, &runtime, route, peer, request, received_ms)
-                .instrument(span.clone())
-                .await,
+            process(
+                &state,
+                &runtime,
+                route,
+                peer,
+                &parts,
+                &mut body,
+                received_ms,
+            )
+            .instrument(span.clone())
+            .await,
         ),
     };
     let (outcome, response, event_id) = match result {
@@ -66,7 +97,30 @@ pub async fn handle(
             answer::accepted(&accepted),
             Some(accepted.event_id),
         ),
-        Err(rejection) => (rejection.outcome(), rejection.into_response(), None),
+        // A slow body already had its time: it is not waited for again.
+        Err(rejection @ Rejection::BodyTimeout) => {
+            (rejection.outcome(), rejection.into_response(), None)
+        }
+        Err(rejection) => {
+            let outcome = rejection.outcome();
+            let server = &runtime.config.server;
+            let ended = discard(
+                &mut body,
+                &parts,
+                server.max_body_bytes.saturating_add(DISCARD_EXTRA_BYTES),
+                DISCARD_TIME.min(server.header_read_timeout),
+            )
+            .await;
+            let mut response = rejection.into_response();
+            if !ended && parts.version <= http::Version::HTTP_11 {
+                // The rest of the body stays unread: this connection
+                // cannot carry another request.
+                response
+                    .headers_mut()
+                    .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            (outcome, response, None)
+        }
     };
     let elapsed = started.elapsed();
     state
@@ -104,10 +158,11 @@ async fn process(
     runtime: &Runtime,
     route: &Arc<Route>,
     peer: SocketAddr,
-    request: Request<Incoming>,
+    parts: &Parts,
+    body: &mut RequestBody,
     received_ms: u64,
 ) -> Result<Accepted, Rejection> {
-    if request.method() != Method::POST {
+    if parts.method != Method::POST {
         return Err(Rejection::MethodNotAllowed);
     }
     if !route.allow_ips.is_empty() {
@@ -116,110 +171,193 @@ async fn process(
             return Err(Rejection::Forbidden);
         }
     }
-    if !route.tokens.is_empty() && !token_ok(route, &request) {
+    if !route.tokens.is_empty() && !token_ok(route, parts) {
         return Err(Rejection::Unauthorized);
     }
     let server = &runtime.config.server;
     let limit = server.max_body_bytes;
-    let declared = request
-        .headers()
+    let declared = parts
+        .headers
         .get(http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|len| len > limit) {
         return Err(Rejection::TooLarge(limit));
     }
-    let (parts, body) = request.into_parts();
-    let body = read_body(body, limit, server.header_read_timeout).await?;
-    state
+    // Without a token, nobody is authenticated until the body's signature
+    // is checked: what the body holds meanwhile is bounded.
+    let mut reservation = route.tokens.is_empty().then(|| {
+        let pools = parts
+            .extensions
+            .get::<BodyPools>()
+            .cloned()
+            .unwrap_or_default();
+        Reservation::new(
+            pools,
+            budget::Limits {
+                connection: server.max_unauthenticated_body_bytes_per_connection,
+                total: server.max_unauthenticated_body_bytes,
+            },
+        )
+    });
+    if let (Some(reservation), Some(len)) = (reservation.as_mut(), declared) {
+        if !reservation.grow(len) {
+            return Err(Rejection::Busy);
+        }
+    }
+    let read = read_body(
+        body,
+        limit,
+        declared,
+        reservation.as_mut(),
+        server.header_read_timeout,
+    )
+    .await?;
+    // The reservation lasts until intake has checked the signature and
+    // made the event durable (or refused it).
+    let accepted = state
         .intake
-        .accept(route, &parts.headers, body, received_ms)
+        .accept(route, &parts.headers, read, received_ms)
         .await
-        .map_err(Rejection::from)
+        .map_err(Rejection::from);
+    drop(reservation);
+    accepted
 }
 
-/// Reads at most `limit` bytes, refusing as soon as more arrive.
-async fn read_body(body: Incoming, limit: u64, timeout: Duration) -> Result<Bytes, Rejection> {
-    let collect = Limited::new(body, limit as usize).collect();
+/// A request body, and whether reading it began (a client that sent
+/// `Expect: 100-continue` sends nothing until then).
+struct RequestBody {
+    incoming: Incoming,
+    touched: bool,
+}
+
+/// Reads at most `limit` bytes, refusing as soon as more arrive, and
+/// growing `reservation` (if any) ahead of what is held.
+async fn read_body(
+    body: &mut RequestBody,
+    limit: u64,
+    declared: Option<u64>,
+    mut reservation: Option<&mut Reservation>,
+    timeout: Duration,
+) -> Result<Bytes, Rejection> {
+    body.touched = true;
+    let incoming = &mut body.incoming;
+    let collect = async {
+        // Our own buffer, sized for the declared length: a delivery waiting
+        // in a lane then pins exactly the body, not a slice of hyper's
+        // read buffer.
+        let mut buffer = Vec::with_capacity(declared.unwrap_or(0).min(limit) as usize);
+        while let Some(frame) = incoming.frame().await {
+            let frame = frame
+                .map_err(|_| Rejection::Invalid("the request body could not be read".into()))?;
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            let total = buffer.len() as u64 + data.len() as u64;
+            if total > limit {
+                return Err(Rejection::TooLarge(limit));
+            }
+            if let Some(reservation) = reservation.as_deref_mut() {
+                if total > reservation.held() && !reservation.grow(total - reservation.held()) {
+                    return Err(Rejection::Busy);
+                }
+            }
+            buffer.extend_from_slice(&data);
+        }
+        Ok(if buffer.len() == buffer.capacity() {
+            Bytes::from(buffer)
+        } else {
+            Bytes::copy_from_slice(&buffer)
+        })
+    };
     match tokio::time::timeout(timeout, collect).await {
         Err(_) => Err(Rejection::BodyTimeout),
-        // An exact-size copy: the collected bytes may be a slice of hyper's
-        // read buffer, and a delivery waiting in a lane would pin that whole
-        // buffer for as long as it waits.
-        Ok(Ok(collected)) => Ok(Bytes::copy_from_slice(&collected.to_bytes())),
-        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(Rejection::TooLarge(limit)),
-        Ok(Err(_)) => Err(Rejection::Invalid(
-            "the request body could not be read".into(),
-        )),
+        Ok(read) => read,
     }
+}
+
+/// Most bytes read and dropped, past `max_body_bytes`, to let a client
+/// finish sending before it reads an early answer.
+pub const DISCARD_EXTRA_BYTES: u64 = 1024 * 1024;
+
+/// Longest time spent reading and dropping a refused body (shortened to
+/// `header_read_timeout` if that is shorter).
+pub const DISCARD_TIME: Duration = Duration::from_secs(1);
+
+/// Reads and drops what is left of a refused request's body, within
+/// `max_bytes` and `max_time`. True when the body was read to its end.
+async fn discard(
+    body: &mut RequestBody,
+    parts: &Parts,
+    max_bytes: u64,
+    max_time: Duration,
+) -> bool {
+    let incoming = &mut body.incoming;
+    if incoming.is_end_stream() {
+        return true;
+    }
+    // A client waiting for `100 Continue` has sent nothing: it needs no
+    // room to finish, and reading would only invite the body.
+    let expects_continue = parts
+        .headers
+        .get(http::header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    if expects_continue && !body.touched {
+        return false;
+    }
+    if incoming.size_hint().lower() > max_bytes {
+        return false;
+    }
+    let drain = async {
+        let mut dropped = 0u64;
+        while let Some(frame) = incoming.frame().await {
+            let Ok(frame) = frame else {
+                return false;
+            };
+            if let Some(data) = frame.data_ref() {
+                dropped += data.len() as u64;
+                if dropped > max_bytes {
+                    return false;
+                }
+            }
+        }
+        true
+    };
+    tokio::time::timeout(max_time, drain).await.unwrap_or(false)
 }
 
 /// True when `?token=` or `Authorization: Bearer` matches one of the route's
 /// tokens. Every configured token is compared, in constant time.
-fn token_ok(route: &Route, request: &Request<Incoming>) -> bool {
-    let bearer = request
-        .headers()
+fn token_ok(route: &Route, parts: &Parts) -> bool {
+    let bearer = parts
+        .headers
         .get(http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| {
             v.strip_prefix("Bearer ")
                 .or_else(|| v.strip_prefix("bearer "))
         })
-        .map(|t| t.trim().as_bytes().to_vec());
-    let query = request.uri().query().and_then(query_token);
-    [bearer, query]
-        .into_iter()
-        .flatten()
-        .any(|presented| token_matches(&route.tokens, &presented))
+        .map(|t| t.trim().as_bytes());
+    let bearer_ok = bearer.is_some_and(|t| token_matches(&route.tokens, t));
+    let query_ok = parts
+        .uri
+        .query()
+        .and_then(auth::raw_query_token)
+        .is_some_and(|raw| {
+            let [as_written, decoded] = auth::query_token_candidates(raw);
+            // Both compared, so the timing does not say which form matched.
+            token_matches(&route.tokens, &as_written) | token_matches(&route.tokens, &decoded)
+        });
+    bearer_ok | query_ok
 }
 
-/// Constant-time comparison against every accepted token (rotation).
-pub fn token_matches(tokens: &[Vec<u8>], presented: &[u8]) -> bool {
-    let mut any = subtle::Choice::from(0u8);
-    for token in tokens {
-        any |= token.as_slice().ct_eq(presented);
-    }
-    any.into()
-}
-
-/// The percent-decoded value of `token=` in a query string.
+/// The percent-decoded value of `token=` in a query string (`+` is a plus
+/// sign), as the tests below pin it.
+#[cfg(test)]
 fn query_token(query: &str) -> Option<Vec<u8>> {
-    let raw = query
-        .split('&')
-        .find_map(|pair| pair.strip_prefix("token="))?;
-    Some(percent_decode(raw))
-}
-
-fn percent_decode(text: &str) -> Vec<u8> {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'%' if i + 2 < bytes.len() => {
-                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok();
-                match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
-                    Some(b) => {
-                        out.push(b);
-                        i += 3;
-                    }
-                    None => {
-                        out.push(b'%');
-                        i += 1;
-                    }
-                }
-            }
-            b'+' => {
-                out.push(b' ');
-                i += 1;
-            }
-            b => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    out
+    let raw = auth::raw_query_token(query)?;
+    let [_, decoded] = auth::query_token_candidates(raw);
+    Some(decoded.into_owned())
 }
 
 #[cfg(test)]
@@ -241,5 +379,30 @@ mod tests {
         assert_eq!(query_token("token=x").unwrap(), b"x");
         assert_eq!(query_token("tokens=x"), None);
         assert_eq!(query_token("token=100%"), Some(b"100%".to_vec()));
+    }
+
+    #[test]
+    fn query_token_plus_is_a_plus_and_signs_are_not_hex() {
+        assert_eq!(query_token("token=a+b").unwrap(), b"a+b");
+        assert_eq!(query_token("token=a%2Bb").unwrap(), b"a+b");
+        // `u8::from_str_radix` would take these as 0x04 and 0x01.
+        assert_eq!(query_token("token=%+4").unwrap(), b"%+4");
+        assert_eq!(query_token("token=%-1x").unwrap(), b"%-1x");
+    }
+
+    #[test]
+    fn compiled_routes_hold_token_digests_not_tokens() {
+        let yaml = "server: { listen: \"127.0.0.1:0\" }\nroutes:\n  - name: r\n    path: /r\n    source: muapi\n    auth: { tokens: [\"s3cr3t-token\"] }\n    subscribers: [{ name: a, url: \"http://127.0.0.1:9/\" }]\n";
+        let runtime = crate::Config::from_yaml(yaml, &|_| None)
+            .unwrap()
+            .compile()
+            .unwrap();
+        let route = runtime.route_named("r").unwrap();
+        let shown = format!("{route:?}");
+        let bytes = format!("{:?}", b"s3cr3t-token".to_vec());
+        assert!(!shown.contains("s3cr3t"), "{shown}");
+        assert!(!shown.contains(&bytes[1..bytes.len() - 1]), "{shown}");
+        assert!(token_matches(&route.tokens, b"s3cr3t-token"));
+        assert!(!token_matches(&route.tokens, b"s3cr3t-toke"));
     }
 }

@@ -1,13 +1,14 @@
 //! Intake: from an authenticated request body to a durable event.
 //!
-//! Parse the body (only to validate it, find its idempotency key and
-//! evaluate filters; it is stored and forwarded byte for byte), derive the
-//! stable event id, claim the key in the idempotency cache, append the event
-//! and its deliveries to the store and wait for the commit, then hand the
-//! new deliveries to the dispatcher.
+//! Check the body against the one validity rule of [`json`] and read it
+//! (only to find its idempotency key and evaluate filters; it is stored and
+//! forwarded byte for byte), derive the stable event id, claim the key in
+//! the idempotency cache, append the event and its deliveries to the store
+//! and wait for the commit, then hand the new deliveries to the dispatcher.
 
 pub mod generic;
 pub mod idempotency;
+pub mod json;
 pub mod muapi;
 
 use std::sync::Arc;
@@ -124,6 +125,8 @@ impl Intake {
                 received_ms / 1000,
             )?;
         }
+        // Only after `json::check` passed: the tree then holds every value
+        // exactly as a strict parser reads it.
         let parse_tree = || {
             serde_json::from_slice::<serde_json::Value>(&body)
                 .map_err(|e| IntakeError::Invalid(format!("body is not valid JSON: {e}")))
@@ -147,6 +150,7 @@ impl Intake {
                 )
             }
             SourceKind::Generic => {
+                json::check(&body)?;
                 let tree = parse_tree()?;
                 let key = generic::key(&tree, &body, headers, route.key_spec.as_ref())?;
                 let status = tree

@@ -5,15 +5,13 @@
 //! `timings`, and fields muapi may add later) may be absent, null or of any
 //! type: the body is forwarded byte for byte, never re-serialised.
 //!
-//! The body is read into [`Head`], which borrows the two fields it needs
-//! and skips the rest (still checking that the whole body is valid JSON),
-//! so the common path builds no JSON tree.
+//! The body is checked by [`super::json::check`] (the validity rule every
+//! source shares), which on the way borrows the two fields needed here and
+//! keeps nothing else, so the common path builds no JSON tree.
 
 use std::borrow::Cow;
 
-use serde::de::IgnoredAny;
-use serde::Deserialize;
-
+use super::json::{self, Field};
 use super::IntakeError;
 
 /// The fields hookrelay reads from a muapi callback.
@@ -33,43 +31,15 @@ impl Head<'_> {
     }
 }
 
-#[derive(Deserialize)]
-struct Raw<'a> {
-    #[serde(borrow, default)]
-    id: Option<Field<'a>>,
-    #[serde(borrow, default)]
-    status: Option<Field<'a>>,
-}
-
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum Field<'a> {
-    Text(#[serde(borrow)] Cow<'a, str>),
-    Other(IgnoredAny),
-}
-
 /// Validates a muapi body and returns its id and status.
 pub fn parse(body: &[u8]) -> Result<Head<'_>, IntakeError> {
-    // serde would also read a JSON array positionally into `Raw`.
-    let first = body.iter().find(|b| !b.is_ascii_whitespace());
-    if first.is_some_and(|b| *b != b'{') {
-        return Err(match serde_json::from_slice::<IgnoredAny>(body) {
-            Ok(_) => IntakeError::Invalid("body must be a JSON object".into()),
-            Err(e) => IntakeError::Invalid(format!("body is not valid JSON: {e}")),
-        });
+    let top = json::check(body)?;
+    if !top.object {
+        return Err(IntakeError::Invalid("body must be a JSON object".into()));
     }
-    let raw: Raw<'_> = serde_json::from_slice(body).map_err(|e| {
-        use serde_json::error::Category;
-        match e.classify() {
-            Category::Data => IntakeError::Invalid(format!(
-                "body must be a JSON object with string `id` and `status`: {e}"
-            )),
-            _ => IntakeError::Invalid(format!("body is not valid JSON: {e}")),
-        }
-    })?;
     Ok(Head {
-        id: required(raw.id, "id")?,
-        status: required(raw.status, "status")?,
+        id: required(top.id, "id")?,
+        status: required(top.status, "status")?,
     })
 }
 
@@ -82,7 +52,7 @@ fn required<'a>(field: Option<Field<'a>>, name: &str) -> Result<Cow<'a, str>, In
         Some(Field::Text(_)) => Err(IntakeError::Invalid(format!(
             "required field `{name}` is empty"
         ))),
-        Some(Field::Other(_)) => Err(IntakeError::Invalid(format!(
+        Some(Field::Other) => Err(IntakeError::Invalid(format!(
             "required field `{name}` must be a string"
         ))),
     }
