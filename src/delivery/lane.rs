@@ -399,8 +399,9 @@ pub fn decide(
     };
     let policy = &subscriber.retry;
     let delay = policy.delay(number, result.retry_after, rand::random::<f64>());
-    let due_ms = now_ms + delay.as_millis() as u64;
-    let budget = policy.config.max_elapsed.as_millis() as u64;
+    let millis = |d: std::time::Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    let due_ms = now_ms.saturating_add(millis(delay));
+    let budget = millis(policy.config.max_elapsed);
     if due_ms.saturating_sub(job.schedule_start_ms) > budget {
         Next::Dead {
             reason: format!(
