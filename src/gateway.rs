@@ -454,7 +454,7 @@ async fn prune_loop(shared: Arc<Shared>, stop: CancellationToken) {
             now_ms: now,
             retention_ms: millis(config.store.retention),
             ttl_ms: millis(config.idempotency.ttl),
-            dead_letter_retention_ms: millis(DEAD_LETTER_RETENTION),
+            dead_letter_retention_ms: millis(config.store.dead_letter_retention),
             max_items: 512,
         };
         loop {
@@ -481,6 +481,3 @@ async fn prune_loop(shared: Arc<Shared>, stop: CancellationToken) {
         }
     }
 }
-
-/// How long dead letters keep their body before they are deleted.
-const DEAD_LETTER_RETENTION: Duration = Duration::from_secs(14 * 24 * 3600);

@@ -138,8 +138,15 @@ fn main() -> ExitCode {
 }
 
 fn config_failure(path: &std::path::Path, e: &ConfigError) -> ExitCode {
-    eprintln!("hookrelay: {} is not a valid config:", path.display());
-    for problem in e.problems() {
+    // Each problem names its key and line, never a value (it may be a secret).
+    let problems = e.problems();
+    eprintln!(
+        "hookrelay: {} is not a valid config ({} problem{}):",
+        path.display(),
+        problems.len(),
+        if problems.len() == 1 { "" } else { "s" }
+    );
+    for problem in problems {
         eprintln!("  - {problem}");
     }
     ExitCode::from(2)

@@ -21,11 +21,9 @@ async fn a_store_from_0_1_is_converted_and_its_pending_deliveries_delivered() {
     let data = dir.path().join("data");
     std::fs::create_dir_all(&data).unwrap();
     let mut old = Vec::new();
-    flate2::read::GzDecoder::new(
-        &include_bytes!("fixtures/store-0.1.redb.gz")[..],
-    )
-    .read_to_end(&mut old)
-    .unwrap();
+    flate2::read::GzDecoder::new(&include_bytes!("fixtures/store-0.1.redb.gz")[..])
+        .read_to_end(&mut old)
+        .unwrap();
     std::fs::write(data.join("hookrelay.redb"), &old).unwrap();
 
     let app = Sink::start().await;
@@ -61,7 +59,10 @@ routes:
     );
     let config = hookrelay::Config::from_yaml(&yaml, &|_| None).unwrap();
     let gateway = hookrelay::Gateway::start(config).await.unwrap();
-    assert!(data.join("hookrelay.redb.0.1.bak").exists(), "the old file is kept");
+    assert!(
+        data.join("hookrelay.redb.0.1.bak").exists(),
+        "the old file is kept"
+    );
 
     // Every pending delivery of 0.1 is delivered, once.
     app.wait_for(6, Duration::from_secs(15)).await;
@@ -76,7 +77,9 @@ routes:
     ids.sort();
     assert_eq!(
         ids,
-        (1..=6).map(|n| format!("fixture-task-{n}")).collect::<Vec<_>>()
+        (1..=6)
+            .map(|n| format!("fixture-task-{n}"))
+            .collect::<Vec<_>>()
     );
     // Attempt numbers continue from 0.1's (one failed attempt each).
     assert!(app

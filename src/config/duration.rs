@@ -1,35 +1,44 @@
-//! Human durations in the config: `250ms`, `5s`, `10m`, `24h`, `1h30m`.
+//! Human durations in the config: `250ms`, `5s`, `10m`, `24h`, `2d`, `1h30m`.
 //!
-//! The YAML schema writes every duration as a string so that a reader never
-//! has to guess the unit. These helpers are used through
-//! `#[serde(with = "...")]` on the config fields.
+//! Every duration is written with its unit so a reader never has to guess.
+//! Any duration in the config is at most [`MAX`] (365 days): larger values
+//! are refused at load time, so the arithmetic done with them later (retry
+//! schedules, due times in milliseconds) stays far from overflowing.
 
 use std::time::Duration;
 
-use serde::{Deserialize, Deserializer};
+/// The longest duration any config key takes: 365 days.
+pub const MAX: Duration = Duration::from_secs(365 * 86_400);
 
-/// Parses `250ms`, `5s`, `10m`, `24h`, `2d` or a sum such as `1h30m`.
+/// [`MAX`] as the config writes it, for messages.
+pub const MAX_TEXT: &str = "365d";
+
+/// Parses `250ms`, `5s`, `10m`, `24h`, `2d` or a sum such as `1h30m`
+/// (fractions allowed: `1.5s`).
 ///
-/// A bare number is refused: the unit is what makes a config readable.
+/// A bare number is refused: the unit is what makes a config readable. A
+/// value beyond [`MAX`] is refused here already (and the sum of parts is
+/// computed with checked arithmetic), so no input can overflow. Messages
+/// never quote the text.
 pub fn parse(text: &str) -> Result<Duration, String> {
+    const HINT: &str = "write e.g. 250ms, 5s, 10m, 24h or 2d";
     let text = text.trim();
     if text.is_empty() {
-        return Err("empty duration; write e.g. 250ms, 5s, 10m, 24h".into());
+        return Err(format!("is an empty duration; {HINT}"));
     }
+    let too_long = || format!("is too long: a duration is at most {MAX_TEXT}");
     let mut total = Duration::ZERO;
     let mut rest = text;
     while !rest.is_empty() {
         let digits = rest
             .find(|c: char| !c.is_ascii_digit() && c != '.')
-            .ok_or_else(|| format!("`{text}` has no unit; write e.g. 250ms, 5s, 10m, 24h"))?;
+            .ok_or_else(|| format!("has no unit; {HINT}"))?;
         if digits == 0 {
-            return Err(format!(
-                "`{text}` is not a duration; write e.g. 250ms, 5s, 10m, 24h"
-            ));
+            return Err(format!("is not a duration; {HINT}"));
         }
         let number: f64 = rest[..digits]
             .parse()
-            .map_err(|_| format!("`{text}` has a malformed number"))?;
+            .map_err(|_| format!("has a malformed number; {HINT}"))?;
         rest = &rest[digits..];
         let unit_len = rest
             .find(|c: char| c.is_ascii_digit())
@@ -42,14 +51,17 @@ pub fn parse(text: &str) -> Result<Duration, String> {
             "m" => number * 60.0,
             "h" => number * 3600.0,
             "d" => number * 86400.0,
-            other => {
+            _ => {
                 return Err(format!(
-                    "`{text}` has an unknown unit `{other}`; use ms, s, m, h or d"
+                    "has an unknown unit; use ms, s, m, h or d ({HINT})"
                 ))
             }
         };
-        total += Duration::try_from_secs_f64(seconds)
-            .map_err(|_| format!("`{text}` is out of range"))?;
+        let part = Duration::try_from_secs_f64(seconds).map_err(|_| too_long())?;
+        total = total.checked_add(part).ok_or_else(too_long)?;
+        if total > MAX {
+            return Err(too_long());
+        }
     }
     Ok(total)
 }
@@ -66,37 +78,6 @@ pub fn format(duration: Duration) -> String {
     } else {
         format!("{ms}ms")
     }
-}
-
-/// A duration as written: text, or a bare number (refused with a hint).
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum Written {
-    Text(String),
-    Number(f64),
-}
-
-impl Written {
-    fn parse(self) -> Result<Duration, String> {
-        match self {
-            Written::Text(text) => parse(&text),
-            Written::Number(n) => Err(format!("`{n}` has no unit; write e.g. {n}s or {n}ms")),
-        }
-    }
-}
-
-/// `#[serde(deserialize_with)]` for a required duration field.
-pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    Written::deserialize(d)?
-        .parse()
-        .map_err(serde::de::Error::custom)
-}
-
-/// `#[serde(deserialize_with)]` for an optional duration field.
-pub fn deserialize_opt<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-    Option::<Written>::deserialize(d)?
-        .map(|w| w.parse().map_err(serde::de::Error::custom))
-        .transpose()
 }
 
 #[cfg(test)]
@@ -119,6 +100,34 @@ mod tests {
         assert!(parse("5y").unwrap_err().contains("unknown unit"));
         assert!(parse("").is_err());
         assert!(parse("s").is_err());
+    }
+
+    #[test]
+    fn overflow_and_values_beyond_the_maximum_are_refused() {
+        for text in [
+            "199999999999999d99999999999999d",
+            "200000000000000d",
+            "300000000000d",
+            "366d",
+            "364d25h",
+            "1e400s",
+        ] {
+            let e = parse(text).unwrap_err();
+            assert!(
+                e.contains("at most 365d") || e.contains("unit"),
+                "{text}: {e}"
+            );
+        }
+        assert_eq!(parse("365d").unwrap(), MAX);
+        assert_eq!(parse("364d24h").unwrap(), MAX);
+    }
+
+    #[test]
+    fn messages_never_quote_the_text() {
+        for text in ["secretx", "12secret", "7", "1.2.3s", "secret"] {
+            let e = parse(text).unwrap_err();
+            assert!(!e.contains(text), "{e}");
+        }
     }
 
     #[test]

@@ -1,56 +1,17 @@
-//! `${NAME}` environment interpolation over the parsed YAML tree.
+//! `${NAME}` environment interpolation in a scalar's text.
 //!
-//! Interpolation runs on the document tree (not on the raw text) so that a
-//! secret containing quotes or colons can never change the YAML structure,
-//! and so that every missing variable is reported with the key it sits
-//! under. `$${` escapes a literal `${`.
+//! It runs on each scalar of the parsed document (never on the raw file),
+//! so a value containing quotes, colons or newlines can never change the
+//! YAML structure, and a missing variable is reported under the key it sits
+//! in. `$${` writes a literal `${`; a `$` not followed by `{` is kept.
 
-use serde_json::Value;
-
-use super::Problem;
-
-/// Replaces `${NAME}` in every string of `value`, looking names up with
-/// `lookup`. Each unset variable becomes a [`Problem`] naming its key; the
-/// value is never echoed (it may be a secret).
-pub fn interpolate(
-    value: &mut Value,
-    path: &mut String,
+/// Expands `${NAME}` in `text` with `lookup`. On failure says why without
+/// quoting the text (it may hold part of a secret): only a variable's name,
+/// which the file chose, is named.
+pub(super) fn expand(
+    text: &str,
     lookup: &dyn Fn(&str) -> Option<String>,
-    problems: &mut Vec<Problem>,
-) {
-    match value {
-        Value::String(text) if text.contains('$') => match expand(text, lookup) {
-            Ok(expanded) => *text = expanded,
-            Err(name) => problems.push(Problem::new(
-                path.clone(),
-                format!("environment variable `{name}` is not set"),
-            )),
-        },
-        Value::Array(items) => {
-            for (i, item) in items.iter_mut().enumerate() {
-                let len = path.len();
-                path.push_str(&format!("[{i}]"));
-                interpolate(item, path, lookup, problems);
-                path.truncate(len);
-            }
-        }
-        Value::Object(map) => {
-            for (key, item) in map.iter_mut() {
-                let len = path.len();
-                if !path.is_empty() {
-                    path.push('.');
-                }
-                path.push_str(key);
-                interpolate(item, path, lookup, problems);
-                path.truncate(len);
-            }
-        }
-        _ => {}
-    }
-}
-
-/// Expands one string; on failure returns the first missing variable name.
-fn expand(text: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
+) -> Result<String, String> {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(pos) = rest.find('$') {
@@ -60,17 +21,21 @@ fn expand(text: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Result<String,
             out.push_str("${");
             rest = tail;
         } else if let Some(tail) = after.strip_prefix("${") {
-            let end = tail
-                .find('}')
-                .ok_or_else(|| format!("{} (unclosed `${{`)", truncate(tail)))?;
+            let end = tail.find('}').ok_or_else(|| {
+                "has a `${` without a closing `}` (write `$${` for a literal `${`)".to_string()
+            })?;
             let name = &tail[..end];
             let valid = !name.is_empty()
                 && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
                 && !name.starts_with(|c: char| c.is_ascii_digit());
             if !valid {
-                return Err(format!("{name} (not a valid variable name)"));
+                return Err(
+                    "has a `${...}` that is not a variable name (letters, digits, `_`); write `$${` for a literal `${`"
+                        .into(),
+                );
             }
-            let found = lookup(name).ok_or_else(|| name.to_string())?;
+            let found =
+                lookup(name).ok_or_else(|| format!("environment variable `{name}` is not set"))?;
             out.push_str(&found);
             rest = &tail[end + 1..];
         } else {
@@ -80,10 +45,6 @@ fn expand(text: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Result<String,
     }
     out.push_str(rest);
     Ok(out)
-}
-
-fn truncate(text: &str) -> String {
-    text.chars().take(32).collect()
 }
 
 #[cfg(test)]
@@ -104,16 +65,23 @@ mod tests {
         assert_eq!(expand("$${TOKEN}", &env).unwrap(), "${TOKEN}");
         assert_eq!(expand("cost $5", &env).unwrap(), "cost $5");
         assert_eq!(expand("${EMPTY}", &env).unwrap(), "");
+        assert_eq!(
+            expand("${TOKEN}${TOKEN}", &env).unwrap(),
+            "s3cr\"et: xs3cr\"et: x"
+        );
     }
 
     #[test]
-    fn missing_variable_names_key_not_value() {
-        let mut v: Value = serde_json::json!({"admin": {"token": "${NOPE}"}, "x": ["${TOKEN}"]});
-        let mut problems = Vec::new();
-        interpolate(&mut v, &mut String::new(), &env, &mut problems);
-        assert_eq!(problems.len(), 1);
-        assert_eq!(problems[0].key, "admin.token");
-        assert!(problems[0].message.contains("NOPE"));
-        assert_eq!(v["x"][0], "s3cr\"et: x");
+    fn a_missing_variable_is_named() {
+        let e = expand("x${NOPE}", &env).unwrap_err();
+        assert!(e.contains("`NOPE` is not set"), "{e}");
+    }
+
+    #[test]
+    fn malformed_references_do_not_quote_the_text() {
+        let e = expand("abc${secret-part", &env).unwrap_err();
+        assert!(!e.contains("secret"), "{e}");
+        let e = expand("${secret part}", &env).unwrap_err();
+        assert!(!e.contains("secret"), "{e}");
     }
 }

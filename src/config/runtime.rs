@@ -9,11 +9,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use backon::BackoffBuilder;
 use http::{HeaderName, HeaderValue, Uri};
 
-use super::validate::{decode_whsec, parse_cidr, parse_subscriber_url};
-use super::{Config, Problem, RetryConfig, SubscriberConfig};
+use super::validate::{
+    decode_whsec, parse_cidr, parse_http_url_without_query, parse_subscriber_url,
+};
+use super::{Config, MuapiConfig, Problem, RetryConfig, SubscriberConfig};
 
 /// How a route's bodies are parsed and keyed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,7 +40,7 @@ impl KeySpec {
         if let Some(name) = text.strip_prefix("header:") {
             HeaderName::from_bytes(name.trim().as_bytes())
                 .map(KeySpec::Header)
-                .map_err(|_| format!("`{name}` is not a valid header name"))
+                .map_err(|_| "names an invalid header (`header:NAME`)".to_string())
         } else if let Some(pointer) = text.strip_prefix("json:") {
             if pointer.starts_with('/') {
                 Ok(KeySpec::Json(pointer.to_string()))
@@ -76,7 +77,7 @@ impl Filter {
     }
 }
 
-/// Exponential backoff with jitter, built on `backon`'s exponential builder.
+/// Exponential backoff with jitter.
 #[derive(Debug, Clone)]
 pub struct RetryPolicy {
     /// The merged settings.
@@ -85,26 +86,45 @@ pub struct RetryPolicy {
 
 impl RetryPolicy {
     /// The wait before attempt `attempts_done + 1`, given `attempts_done >= 1`
-    /// attempts have failed; `retry_after` (from a 429/503) is honoured as a
-    /// floor, capped by `max_interval`. `unit` in [0,1) draws the jitter.
+    /// attempts have failed: `initial_interval × multiplier^(attempts_done-1)`
+    /// capped by `max_interval`, spread by ±`jitter`, then `retry_after`
+    /// (from a 429/503) as a floor, capped by `max_interval` as well.
+    /// `unit` in [0,1) draws the jitter.
+    ///
+    /// Computed in closed form with saturating arithmetic: it never panics
+    /// and never exceeds `max_interval`, whatever the settings (even ones
+    /// validation would refuse) and however many attempts were made.
     pub fn delay(&self, attempts_done: u32, retry_after: Option<Duration>, unit: f64) -> Duration {
         let c = &self.config;
-        let base = backon::ExponentialBuilder::default()
-            .with_min_delay(c.initial_interval)
-            .with_factor(c.multiplier as f32)
-            .with_max_delay(c.max_interval)
-            .without_max_times()
-            .build()
-            .nth(attempts_done.saturating_sub(1) as usize)
-            .unwrap_or(c.max_interval)
-            .min(c.max_interval);
-        let spread = 1.0 + c.jitter * (2.0 * unit - 1.0);
-        let jittered = base.mul_f64(spread.max(0.0)).min(c.max_interval);
+        let cap = c.max_interval;
+        let exponent = i32::try_from(attempts_done.saturating_sub(1)).unwrap_or(i32::MAX);
+        let growth = c.multiplier.max(1.0).powi(exponent);
+        let base = scale(c.initial_interval, growth, cap);
+        let jitter = if c.jitter.is_finite() {
+            c.jitter.clamp(0.0, 1.0)
+        } else {
+            0.0
+        };
+        let unit = if unit.is_finite() {
+            unit.clamp(0.0, 1.0)
+        } else {
+            0.5
+        };
+        let jittered = scale(base, 1.0 + jitter * (2.0 * unit - 1.0), cap);
         match retry_after {
-            Some(wait) => jittered.max(wait.min(c.max_interval)),
+            Some(wait) => jittered.max(wait.min(cap)),
             None => jittered,
         }
     }
+}
+
+/// `d × factor`, saturating at `cap` (a NaN or negative factor gives zero).
+fn scale(d: Duration, factor: f64, cap: Duration) -> Duration {
+    let secs = d.as_secs_f64() * factor;
+    if secs.is_nan() || secs <= 0.0 {
+        return Duration::ZERO;
+    }
+    Duration::try_from_secs_f64(secs).map_or(cap, |d| d.min(cap))
 }
 
 /// Circuit-breaker settings of one subscriber.
@@ -173,6 +193,61 @@ pub struct Route {
     pub needs_json: bool,
     /// Destinations.
     pub subscribers: Vec<Arc<Subscriber>>,
+    /// muapi.ai API access (`routes[].muapi:`), only on muapi routes.
+    pub muapi: Option<MuapiSettings>,
+}
+
+/// A muapi route's `muapi:` block, parsed: what reconciliation needs.
+#[derive(Clone)]
+pub struct MuapiSettings {
+    /// muapi.ai API key. Secret: never log it (`Debug` redacts it).
+    pub api_key: String,
+    /// muapi.ai API base, absolute http(s), no query.
+    pub base_url: Uri,
+    /// The URL muapi calls back, without the token (hookrelay adds one of
+    /// the route's tokens as `?token=`); its path is the route's path.
+    pub public_url: Uri,
+    /// A task with no callback after this long is polled.
+    pub reconcile_after: Duration,
+    /// Wait before the second poll of a task.
+    pub poll_initial_interval: Duration,
+    /// Cap on the wait between polls (not shorter than the initial one).
+    pub poll_max_interval: Duration,
+    /// A task unresolved this long after submission is given up (longer
+    /// than `reconcile_after`).
+    pub give_up_after: Duration,
+    /// Poll requests in flight at once for this route (1..=256).
+    pub max_polls_in_flight: u32,
+}
+
+impl std::fmt::Debug for MuapiSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MuapiSettings")
+            .field("api_key", &"<redacted>")
+            .field("base_url", &self.base_url)
+            .field("public_url", &self.public_url)
+            .field("reconcile_after", &self.reconcile_after)
+            .field("poll_initial_interval", &self.poll_initial_interval)
+            .field("poll_max_interval", &self.poll_max_interval)
+            .field("give_up_after", &self.give_up_after)
+            .field("max_polls_in_flight", &self.max_polls_in_flight)
+            .finish()
+    }
+}
+
+impl MuapiSettings {
+    fn compile(m: &MuapiConfig) -> MuapiSettings {
+        MuapiSettings {
+            api_key: m.api_key.clone(),
+            base_url: parse_http_url_without_query(&m.base_url).expect("validated"),
+            public_url: parse_http_url_without_query(&m.public_url).expect("validated"),
+            reconcile_after: m.reconcile_after,
+            poll_initial_interval: m.poll.initial_interval,
+            poll_max_interval: m.poll.max_interval,
+            give_up_after: m.give_up_after,
+            max_polls_in_flight: m.max_polls_in_flight,
+        }
+    }
 }
 
 /// The compiled config the gateway runs on; swapped whole on reload.
@@ -193,6 +268,13 @@ impl Runtime {
     /// The route with this name.
     pub fn route_named(&self, name: &str) -> Option<&Arc<Route>> {
         self.routes.values().find(|r| &*r.name == name)
+    }
+
+    /// Every route with a `muapi:` block, with its settings.
+    pub fn muapi_routes(&self) -> impl Iterator<Item = (&Arc<Route>, &MuapiSettings)> {
+        self.routes
+            .values()
+            .filter_map(|r| r.muapi.as_ref().map(|m| (r, m)))
     }
 }
 
@@ -240,6 +322,7 @@ impl Config {
                     .and_then(|k| KeySpec::parse(k).ok()),
                 needs_json,
                 subscribers,
+                muapi: route.muapi.as_ref().map(MuapiSettings::compile),
             };
             routes.insert(route.path.clone(), Arc::new(compiled));
         }
@@ -250,9 +333,7 @@ impl Config {
     }
 
     fn compile_subscriber(&self, route: &Arc<str>, s: &SubscriberConfig) -> Subscriber {
-        let d = &self.defaults;
-        let r = s.retry.clone().unwrap_or_default();
-        let b = s.circuit_breaker.clone().unwrap_or_default();
+        let effective = self.effective(s);
         Subscriber {
             route: route.clone(),
             name: Arc::from(s.name.as_str()),
@@ -281,22 +362,14 @@ impl Config {
                 })
                 .collect(),
             ca_file: s.ca_file.clone(),
-            timeout: s.timeout.unwrap_or(d.timeout),
-            max_in_flight: s.max_in_flight.unwrap_or(d.max_in_flight),
+            timeout: effective.timeout,
+            max_in_flight: effective.max_in_flight,
             retry: RetryPolicy {
-                config: RetryConfig {
-                    initial_interval: r.initial_interval.unwrap_or(d.retry.initial_interval),
-                    multiplier: r.multiplier.unwrap_or(d.retry.multiplier),
-                    max_interval: r.max_interval.unwrap_or(d.retry.max_interval),
-                    max_elapsed: r.max_elapsed.unwrap_or(d.retry.max_elapsed),
-                    jitter: r.jitter.unwrap_or(d.retry.jitter),
-                },
+                config: effective.retry,
             },
             breaker: Breaker {
-                failure_threshold: b
-                    .failure_threshold
-                    .unwrap_or(d.circuit_breaker.failure_threshold),
-                cooldown: b.cooldown.unwrap_or(d.circuit_breaker.cooldown),
+                failure_threshold: effective.breaker.failure_threshold,
+                cooldown: effective.breaker.cooldown,
             },
         }
     }
@@ -343,6 +416,48 @@ mod tests {
             p.delay(1, Some(Duration::from_secs(500)), 0.5),
             Duration::from_secs(10)
         );
+    }
+
+    /// Issue 9 item 16: the largest durations validation allows, the
+    /// steepest multiplier and the widest jitter never panic or wrap.
+    #[test]
+    fn delay_at_the_maximum_durations_stays_in_range() {
+        let max = crate::config::MAX_DURATION;
+        let p = RetryPolicy {
+            config: RetryConfig {
+                initial_interval: max,
+                multiplier: 100.0,
+                max_interval: max,
+                max_elapsed: max,
+                jitter: 0.999,
+            },
+        };
+        for attempts in [1, 2, 50, 1000, u32::MAX] {
+            for unit in [0.0, 0.5, 0.999_999] {
+                for retry_after in [None, Some(Duration::MAX)] {
+                    let d = p.delay(attempts, retry_after, unit);
+                    assert!(d <= max, "{d:?}");
+                    assert!(d.as_millis() < u64::MAX as u128);
+                }
+            }
+        }
+    }
+
+    /// Values validation refuses (a policy built in code) still never panic.
+    #[test]
+    fn delay_saturates_for_unvalidated_values() {
+        let huge = Duration::from_secs(200_000_000_000_000 * 86_400);
+        let p = RetryPolicy {
+            config: RetryConfig {
+                initial_interval: huge,
+                multiplier: 2.0,
+                max_interval: Duration::MAX,
+                max_elapsed: Duration::MAX,
+                jitter: 0.5,
+            },
+        };
+        assert!(p.delay(1, None, 0.99) >= huge);
+        assert_eq!(p.delay(3, Some(Duration::MAX), 0.5), Duration::MAX);
     }
 
     #[test]

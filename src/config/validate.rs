@@ -1,18 +1,70 @@
 //! `Config::validate`: every rule a config must meet, each reported with the
 //! key it concerns. All rules run, so `check-config` lists every problem.
+//!
+//! Subscribers are checked on their effective settings
+//! ([`Config::effective`]: `defaults:` with the subscriber's overrides on
+//! top), the same merged view [`Config::compile`] turns into the runtime,
+//! so what validates is what runs. No message quotes a value from the
+//! config: it names the key, what the key takes, and where an inherited
+//! value comes from.
 
 use std::collections::HashSet;
+use std::time::Duration;
 
 use base64::Engine;
 
-use super::{Config, Problem, RetryConfig, SubscriberConfig};
+use super::duration::{MAX as MAX_DURATION, MAX_TEXT};
+use super::{
+    BreakerConfig, Config, MuapiConfig, PostgresConfig, Problem, RetryConfig, RouteConfig,
+    SubscriberConfig,
+};
+
+/// One subscriber's delivery settings with `defaults:` filled in where it
+/// overrides nothing: the one view both validation and compilation use.
+#[derive(Debug, Clone)]
+pub struct EffectiveDelivery {
+    /// Per-attempt timeout, connect to last byte.
+    pub timeout: Duration,
+    /// Attempts in flight at once.
+    pub max_in_flight: u32,
+    /// Retry schedule.
+    pub retry: RetryConfig,
+    /// Circuit breaker.
+    pub breaker: BreakerConfig,
+}
 
 impl Config {
+    /// The settings `sub` runs with: each value it overrides, else the
+    /// file's `defaults:` (which themselves default to the built-ins).
+    pub fn effective(&self, sub: &SubscriberConfig) -> EffectiveDelivery {
+        let d = &self.defaults;
+        let r = sub.retry.clone().unwrap_or_default();
+        let b = sub.circuit_breaker.clone().unwrap_or_default();
+        EffectiveDelivery {
+            timeout: sub.timeout.unwrap_or(d.timeout),
+            max_in_flight: sub.max_in_flight.unwrap_or(d.max_in_flight),
+            retry: RetryConfig {
+                initial_interval: r.initial_interval.unwrap_or(d.retry.initial_interval),
+                multiplier: r.multiplier.unwrap_or(d.retry.multiplier),
+                max_interval: r.max_interval.unwrap_or(d.retry.max_interval),
+                max_elapsed: r.max_elapsed.unwrap_or(d.retry.max_elapsed),
+                jitter: r.jitter.unwrap_or(d.retry.jitter),
+            },
+            breaker: BreakerConfig {
+                failure_threshold: b
+                    .failure_threshold
+                    .unwrap_or(d.circuit_breaker.failure_threshold),
+                cooldown: b.cooldown.unwrap_or(d.circuit_breaker.cooldown),
+            },
+        }
+    }
+
     /// Checks every rule; returns all problems found (never just the first).
     pub fn validate(&self) -> Result<(), Vec<Problem>> {
         let mut p = Vec::new();
         self.check_server(&mut p);
         self.check_limits(&mut p);
+        self.check_store(&mut p);
         self.check_routes(&mut p);
         if p.is_empty() {
             Ok(())
@@ -97,45 +149,101 @@ impl Config {
                 p.push(Problem::new(key, "must be at least server.max_body_bytes"));
             }
         }
-        if self.server.header_read_timeout.is_zero() {
-            p.push(Problem::new(
-                "server.header_read_timeout",
-                "must be positive",
-            ));
-        }
+        check_duration(
+            p,
+            "server.header_read_timeout",
+            self.server.header_read_timeout,
+            true,
+        );
+        check_duration(p, "server.idle_timeout", self.server.idle_timeout, true);
+        check_duration(p, "shutdown_grace", self.shutdown_grace, false);
         if self.idempotency.max_keys == 0 {
             p.push(Problem::new("idempotency.max_keys", "must be positive"));
         }
-        if self.idempotency.ttl.is_zero() {
-            p.push(Problem::new("idempotency.ttl", "must be positive"));
-        }
-        if self.store.max_batch == 0 {
-            p.push(Problem::new("store.max_batch", "must be positive"));
-        }
-        if self.store.cache_bytes < 1024 * 1024 {
-            p.push(Problem::new(
-                "store.cache_bytes",
-                "must be at least 1048576 (1 MiB)",
-            ));
-        }
+        check_duration(p, "idempotency.ttl", self.idempotency.ttl, true);
         let d = &self.defaults;
-        if d.timeout.is_zero() {
-            p.push(Problem::new("defaults.timeout", "must be positive"));
-        }
+        check_duration(p, "defaults.timeout", d.timeout, true);
         if d.max_in_flight == 0 {
             p.push(Problem::new("defaults.max_in_flight", "must be positive"));
         }
-        check_retry("defaults.retry", &d.retry, p);
+        check_retry(p, &d.retry, &|field| {
+            Some(format!("defaults.retry.{field}"))
+        });
         if d.circuit_breaker.failure_threshold == 0 {
             p.push(Problem::new(
                 "defaults.circuit_breaker.failure_threshold",
                 "must be positive",
             ));
         }
-        if d.circuit_breaker.cooldown.is_zero() {
+        check_duration(
+            p,
+            "defaults.circuit_breaker.cooldown",
+            d.circuit_breaker.cooldown,
+            true,
+        );
+    }
+
+    fn check_store(&self, p: &mut Vec<Problem>) {
+        let s = &self.store;
+        if s.max_batch == 0 {
+            p.push(Problem::new("store.max_batch", "must be positive"));
+        }
+        if s.cache_bytes < 1024 * 1024 {
             p.push(Problem::new(
-                "defaults.circuit_breaker.cooldown",
-                "must be positive",
+                "store.cache_bytes",
+                "must be at least 1048576 (1 MiB)",
+            ));
+        }
+        check_duration(p, "store.retention", s.retention, true);
+        check_duration(
+            p,
+            "store.dead_letter_retention",
+            s.dead_letter_retention,
+            true,
+        );
+        if let Some(pg) = &s.postgres {
+            self.check_postgres(pg, p);
+        }
+    }
+
+    fn check_postgres(&self, pg: &PostgresConfig, p: &mut Vec<Problem>) {
+        if let Err(e) = check_postgres_url(&pg.url) {
+            p.push(Problem::new("store.postgres.url", e));
+        }
+        if !(1..=1024).contains(&pg.pool_size) {
+            p.push(Problem::new(
+                "store.postgres.pool_size",
+                "must be from 1 to 1024",
+            ));
+        }
+        if !is_sql_identifier(&pg.schema) {
+            p.push(Problem::new(
+                "store.postgres.schema",
+                "must be a plain SQL identifier: a lowercase letter or `_`, then up to 62 lowercase letters, digits or `_`",
+            ));
+        }
+        check_duration(p, "store.postgres.lease", pg.lease, true);
+        // A lease shorter than an attempt would let another instance take
+        // over a delivery whose attempt is still running.
+        let mut inherited = false;
+        for (i, route) in self.routes.iter().enumerate() {
+            for (s, sub) in route.subscribers.iter().enumerate() {
+                match sub.timeout {
+                    Some(timeout) if timeout >= pg.lease => p.push(Problem::new(
+                        "store.postgres.lease",
+                        format!(
+                            "must be longer than the attempt timeout routes[{i}].subscribers[{s}].timeout"
+                        ),
+                    )),
+                    Some(_) => {}
+                    None => inherited = true,
+                }
+            }
+        }
+        if inherited && self.defaults.timeout >= pg.lease {
+            p.push(Problem::new(
+                "store.postgres.lease",
+                "must be longer than the attempt timeout defaults.timeout (used by subscribers without their own `timeout`)",
             ));
         }
     }
@@ -152,7 +260,7 @@ impl Config {
             if !names.insert(route.name.as_str()) {
                 p.push(Problem::new(
                     format!("{at}.name"),
-                    format!("route name `{}` is used twice", route.name),
+                    "is used twice: route names must be unique",
                 ));
             }
             if !route.path.starts_with('/') {
@@ -164,10 +272,7 @@ impl Config {
                 ));
             }
             if !paths.insert(route.path.as_str()) {
-                p.push(Problem::new(
-                    format!("{at}.path"),
-                    format!("path `{}` is used by two routes", route.path),
-                ));
+                p.push(Problem::new(format!("{at}.path"), "is used by two routes"));
             }
             let generic = match route.source.as_str() {
                 "muapi" => false,
@@ -217,6 +322,16 @@ impl Config {
                     ));
                 }
             }
+            if let Some(muapi) = &route.muapi {
+                if route.source == "muapi" {
+                    check_muapi(&at, route, muapi, p);
+                } else {
+                    p.push(Problem::new(
+                        format!("{at}.muapi"),
+                        "only `source: muapi` routes take a `muapi:` block",
+                    ));
+                }
+            }
             if route.subscribers.is_empty() {
                 p.push(Problem::new(
                     format!("{at}.subscribers"),
@@ -229,126 +344,208 @@ impl Config {
                 if !subs.insert(sub.name.as_str()) {
                     p.push(Problem::new(
                         format!("{at}.name"),
-                        format!("subscriber name `{}` is used twice in this route", sub.name),
+                        "is used twice in this route: subscriber names must be unique within a route",
                     ));
                 }
-                check_subscriber(&at, sub, p);
+                self.check_subscriber(&at, sub, p);
             }
         }
     }
-}
 
-fn check_subscriber(at: &str, sub: &SubscriberConfig, p: &mut Vec<Problem>) {
-    check_name(&format!("{at}.name"), &sub.name, p);
-    if let Err(e) = parse_subscriber_url(&sub.url) {
-        p.push(Problem::new(format!("{at}.url"), e));
-    }
-    for (k, secret) in sub.signing_secrets.iter().enumerate() {
-        if let Err(e) = decode_whsec(secret) {
-            p.push(Problem::new(format!("{at}.signing_secrets[{k}]"), e));
+    fn check_subscriber(&self, at: &str, sub: &SubscriberConfig, p: &mut Vec<Problem>) {
+        check_name(&format!("{at}.name"), &sub.name, p);
+        if let Err(e) = parse_subscriber_url(&sub.url) {
+            p.push(Problem::new(format!("{at}.url"), e));
         }
-    }
-    for (name, value) in &sub.headers {
-        if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
-            p.push(Problem::new(
-                format!("{at}.headers.{name}"),
-                "is not a valid header name",
-            ));
-        } else if http::HeaderValue::from_str(value).is_err() {
-            p.push(Problem::new(
-                format!("{at}.headers.{name}"),
-                "is not a valid header value",
-            ));
+        for (k, secret) in sub.signing_secrets.iter().enumerate() {
+            if let Err(e) = decode_whsec(secret) {
+                p.push(Problem::new(format!("{at}.signing_secrets[{k}]"), e));
+            }
         }
-    }
-    if let Some(ca) = &sub.ca_file {
-        if let Err(e) = crate::delivery::client::load_ca_file(ca) {
-            p.push(Problem::new(format!("{at}.ca_file"), e.to_string()));
-        }
-    }
-    if sub.timeout.is_some_and(|t| t.is_zero()) {
-        p.push(Problem::new(format!("{at}.timeout"), "must be positive"));
-    }
-    if sub.max_in_flight == Some(0) {
-        p.push(Problem::new(
-            format!("{at}.max_in_flight"),
-            "must be positive",
-        ));
-    }
-    if let Some(r) = &sub.retry {
-        let merged = RetryConfig {
-            initial_interval: r
-                .initial_interval
-                .unwrap_or(std::time::Duration::from_secs(1)),
-            multiplier: r.multiplier.unwrap_or(2.0),
-            max_interval: r.max_interval.unwrap_or(std::time::Duration::MAX),
-            max_elapsed: r.max_elapsed.unwrap_or(std::time::Duration::from_secs(1)),
-            jitter: r.jitter.unwrap_or(0.0),
-        };
-        check_retry(&format!("{at}.retry"), &merged, p);
-    }
-    if let Some(b) = &sub.circuit_breaker {
-        if b.failure_threshold == Some(0) {
-            p.push(Problem::new(
-                format!("{at}.circuit_breaker.failure_threshold"),
-                "must be positive",
-            ));
-        }
-        if b.cooldown.is_some_and(|c| c.is_zero()) {
-            p.push(Problem::new(
-                format!("{at}.circuit_breaker.cooldown"),
-                "must be positive",
-            ));
-        }
-    }
-    if let Some(when) = &sub.when {
-        if when.status.as_ref().is_some_and(|s| s.is_empty()) {
-            p.push(Problem::new(
-                format!("{at}.when.status"),
-                "is empty: no callback could ever match; remove the subscriber instead",
-            ));
-        }
-        for pointer in when.json.keys() {
-            if !pointer.is_empty() && !pointer.starts_with('/') {
+        for (name, value) in &sub.headers {
+            if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
                 p.push(Problem::new(
-                    format!("{at}.when.json.{pointer}"),
-                    "a JSON pointer starts with `/`",
+                    format!("{at}.headers.{name}"),
+                    "is not a valid header name",
+                ));
+            } else if http::HeaderValue::from_str(value).is_err() {
+                p.push(Problem::new(
+                    format!("{at}.headers.{name}"),
+                    "is not a valid header value",
                 ));
             }
         }
+        if let Some(ca) = &sub.ca_file {
+            if let Err(e) = crate::delivery::client::load_ca_file(ca) {
+                p.push(Problem::new(format!("{at}.ca_file"), e.to_string()));
+            }
+        }
+        if let Some(timeout) = sub.timeout {
+            check_duration(p, &format!("{at}.timeout"), timeout, true);
+        }
+        if sub.max_in_flight == Some(0) {
+            p.push(Problem::new(
+                format!("{at}.max_in_flight"),
+                "must be positive",
+            ));
+        }
+        if let Some(r) = &sub.retry {
+            // The merged schedule, checked where the subscriber sets a value;
+            // what it inherits was checked under `defaults.retry`.
+            let effective = self.effective(sub).retry;
+            let own = |field: &str| {
+                let set = match field {
+                    "initial_interval" => r.initial_interval.is_some(),
+                    "multiplier" => r.multiplier.is_some(),
+                    "max_interval" => r.max_interval.is_some(),
+                    "max_elapsed" => r.max_elapsed.is_some(),
+                    _ => r.jitter.is_some(),
+                };
+                set.then(|| format!("{at}.retry.{field}"))
+            };
+            check_retry(p, &effective, &own);
+        }
+        if let Some(b) = &sub.circuit_breaker {
+            if b.failure_threshold == Some(0) {
+                p.push(Problem::new(
+                    format!("{at}.circuit_breaker.failure_threshold"),
+                    "must be positive",
+                ));
+            }
+            if let Some(cooldown) = b.cooldown {
+                check_duration(p, &format!("{at}.circuit_breaker.cooldown"), cooldown, true);
+            }
+        }
+        if let Some(when) = &sub.when {
+            if when.status.as_ref().is_some_and(|s| s.is_empty()) {
+                p.push(Problem::new(
+                    format!("{at}.when.status"),
+                    "is empty: no callback could ever match; remove the subscriber instead",
+                ));
+            }
+            for pointer in when.json.keys() {
+                if !pointer.is_empty() && !pointer.starts_with('/') {
+                    p.push(Problem::new(
+                        format!("{at}.when.json.{pointer}"),
+                        "a JSON pointer starts with `/`",
+                    ));
+                }
+            }
+        }
     }
 }
 
-fn check_retry(at: &str, r: &RetryConfig, p: &mut Vec<Problem>) {
-    if r.initial_interval.is_zero() {
+fn check_muapi(at: &str, route: &RouteConfig, m: &MuapiConfig, p: &mut Vec<Problem>) {
+    let at_m = format!("{at}.muapi");
+    if m.api_key.trim().is_empty() {
+        p.push(Problem::new(format!("{at_m}.api_key"), "is empty"));
+    }
+    if let Err(e) = parse_http_url_without_query(&m.base_url) {
+        p.push(Problem::new(format!("{at_m}.base_url"), e));
+    }
+    match parse_http_url_without_query(&m.public_url) {
+        Err(e) => p.push(Problem::new(format!("{at_m}.public_url"), e)),
+        Ok(uri) if uri.path() != route.path => p.push(Problem::new(
+            format!("{at_m}.public_url"),
+            format!("its path must be the route's path ({at}.path): muapi calls back this URL"),
+        )),
+        Ok(_) => {}
+    }
+    check_duration(
+        p,
+        &format!("{at_m}.reconcile_after"),
+        m.reconcile_after,
+        true,
+    );
+    check_duration(
+        p,
+        &format!("{at_m}.poll.initial_interval"),
+        m.poll.initial_interval,
+        true,
+    );
+    check_duration(
+        p,
+        &format!("{at_m}.poll.max_interval"),
+        m.poll.max_interval,
+        true,
+    );
+    if m.poll.max_interval < m.poll.initial_interval {
         p.push(Problem::new(
-            format!("{at}.initial_interval"),
-            "must be positive",
+            format!("{at_m}.poll.max_interval"),
+            "must not be shorter than poll.initial_interval",
         ));
     }
-    if !(r.multiplier >= 1.0 && r.multiplier <= 100.0) {
+    check_duration(p, &format!("{at_m}.give_up_after"), m.give_up_after, true);
+    if m.give_up_after <= m.reconcile_after {
         p.push(Problem::new(
-            format!("{at}.multiplier"),
-            "must be between 1.0 and 100",
+            format!("{at_m}.give_up_after"),
+            "must be longer than reconcile_after",
         ));
+    }
+    if !(1..=256).contains(&m.max_polls_in_flight) {
+        p.push(Problem::new(
+            format!("{at_m}.max_polls_in_flight"),
+            "must be from 1 to 256",
+        ));
+    }
+    if route.auth.tokens.is_empty() {
+        p.push(Problem::new(
+            format!("{at}.auth.tokens"),
+            "needs at least one token on a route with `muapi:`: the callback URL given to muapi carries it",
+        ));
+    }
+}
+
+/// A duration key: positive if `positive`, and never beyond the maximum.
+fn check_duration(p: &mut Vec<Problem>, key: &str, value: Duration, positive: bool) {
+    if positive && value.is_zero() {
+        p.push(Problem::new(key, "must be positive"));
+    } else if value > MAX_DURATION {
+        p.push(Problem::new(key, format!("must be at most {MAX_TEXT}")));
+    }
+}
+
+/// Checks a retry schedule. `own(field)` is the key of a value set at the
+/// place being checked, or `None` for one inherited from `defaults.retry`:
+/// single-value rules skip inherited values (they are checked where they
+/// are written), and a rule between two values is reported at the one set
+/// here, naming where the other comes from.
+fn check_retry(p: &mut Vec<Problem>, r: &RetryConfig, own: &dyn Fn(&str) -> Option<String>) {
+    if let Some(key) = own("initial_interval") {
+        check_duration(p, &key, r.initial_interval, true);
+    }
+    if let Some(key) = own("multiplier") {
+        if !(r.multiplier >= 1.0 && r.multiplier <= 100.0) {
+            p.push(Problem::new(key, "must be between 1.0 and 100"));
+        }
+    }
+    if let Some(key) = own("max_interval") {
+        check_duration(p, &key, r.max_interval, true);
+    }
+    if let Some(key) = own("max_elapsed") {
+        check_duration(p, &key, r.max_elapsed, true);
+    }
+    if let Some(key) = own("jitter") {
+        if !(0.0..1.0).contains(&r.jitter) {
+            p.push(Problem::new(key, "must be in [0, 1), e.g. 0.2 for ±20 %"));
+        }
     }
     if r.max_interval < r.initial_interval {
-        p.push(Problem::new(
-            format!("{at}.max_interval"),
-            "must not be shorter than initial_interval",
-        ));
-    }
-    if r.max_elapsed.is_zero() {
-        p.push(Problem::new(
-            format!("{at}.max_elapsed"),
-            "must be positive",
-        ));
-    }
-    if !(0.0..1.0).contains(&r.jitter) {
-        p.push(Problem::new(
-            format!("{at}.jitter"),
-            "must be in [0, 1), e.g. 0.2 for ±20 %",
-        ));
+        match (own("max_interval"), own("initial_interval")) {
+            (Some(key), Some(_)) => p.push(Problem::new(
+                key,
+                "must not be shorter than initial_interval",
+            )),
+            (Some(key), None) => p.push(Problem::new(
+                key,
+                "must not be shorter than the initial_interval inherited from defaults.retry.initial_interval",
+            )),
+            (None, Some(key)) => p.push(Problem::new(
+                key,
+                "must not be longer than the max_interval inherited from defaults.retry.max_interval",
+            )),
+            (None, None) => {}
+        }
     }
 }
 
@@ -365,6 +562,84 @@ fn check_name(key: &str, name: &str, p: &mut Vec<Problem>) {
             "must be 1-64 characters of letters, digits, `-` or `_`",
         ));
     }
+}
+
+/// `[a-z_][a-z0-9_]{0,62}`: safe to use unquoted in SQL.
+fn is_sql_identifier(text: &str) -> bool {
+    let mut bytes = text.bytes();
+    matches!(bytes.next(), Some(b'a'..=b'z' | b'_'))
+        && text.len() <= 63
+        && bytes.all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'_'))
+}
+
+/// Checks the shape of a PostgreSQL connection URL without ever quoting
+/// it (it may carry a password): `postgres://` or `postgresql://`, then
+/// optional `user[:password]@`, one or more `host[:port]` (a bracketed
+/// IPv6 address allowed), an optional `/database` and `?params`. A URL
+/// without a host must name one with `?host=` (a Unix socket directory).
+pub(crate) fn check_postgres_url(text: &str) -> Result<(), &'static str> {
+    let lower = text
+        .chars()
+        .take(13)
+        .collect::<String>()
+        .to_ascii_lowercase();
+    let rest = if lower.starts_with("postgresql://") {
+        &text[13..]
+    } else if lower.starts_with("postgres://") {
+        &text[11..]
+    } else {
+        return Err("must be a postgres:// or postgresql:// URL");
+    };
+    if text.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err("contains spaces or control characters; percent-encode them");
+    }
+    let end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    let hosts = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let query = tail.split_once('?').map(|(_, q)| q);
+    let host_param = query.is_some_and(|q| {
+        q.split('&')
+            .any(|kv| kv.strip_prefix("host=").is_some_and(|h| !h.is_empty()))
+    });
+    if hosts.is_empty() {
+        return if host_param {
+            Ok(())
+        } else {
+            Err("names no host: write postgres://user@host:5432/db (or ?host=/socket/dir)")
+        };
+    }
+    for host in hosts.split(',') {
+        let (name, port) = if let Some(v6) = host.strip_prefix('[') {
+            let (addr, after) = v6
+                .split_once(']')
+                .ok_or("has an unclosed `[` in its host")?;
+            if after.is_empty() {
+                (addr, None)
+            } else {
+                let port = after
+                    .strip_prefix(':')
+                    .ok_or("has text after a bracketed IPv6 host")?;
+                (addr, Some(port))
+            }
+        } else {
+            match host.rsplit_once(':') {
+                Some((name, port)) => (name, Some(port)),
+                None => (host, None),
+            }
+        };
+        if name.is_empty() {
+            return Err("has an empty host name");
+        }
+        if let Some(port) = port {
+            let ok = !port.is_empty()
+                && port.bytes().all(|b| b.is_ascii_digit())
+                && port.parse::<u32>().is_ok_and(|n| (1..=65535).contains(&n));
+            if !ok {
+                return Err("has a port that is not a number from 1 to 65535");
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Decodes a `whsec_<base64>` secret into its key bytes.
@@ -390,12 +665,14 @@ pub(crate) fn parse_cidr(text: &str) -> Result<ipnet::IpNet, String> {
     }
     text.parse::<std::net::IpAddr>()
         .map(ipnet::IpNet::from)
-        .map_err(|_| format!("`{text}` is not a CIDR such as 203.0.113.0/24"))
+        .map_err(|_| "is not a CIDR such as 203.0.113.0/24 or an address".to_string())
 }
 
 /// A subscriber URL must be absolute http(s) with a host.
 pub(crate) fn parse_subscriber_url(text: &str) -> Result<http::Uri, String> {
-    let uri: http::Uri = text.parse().map_err(|_| "is not a valid URL".to_string())?;
+    let uri: http::Uri = text.parse().map_err(|_| {
+        "is not a valid URL: expected an absolute http:// or https:// URL".to_string()
+    })?;
     match uri.scheme_str() {
         Some("http") | Some("https") => {}
         _ => return Err("must be an http:// or https:// URL".into()),
@@ -405,6 +682,18 @@ pub(crate) fn parse_subscriber_url(text: &str) -> Result<http::Uri, String> {
     }
     if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
         return Err("must not carry credentials; use `headers` instead".into());
+    }
+    Ok(uri)
+}
+
+/// An absolute http(s) URL with a host, no credentials and no query.
+pub(crate) fn parse_http_url_without_query(text: &str) -> Result<http::Uri, String> {
+    if text.contains('#') {
+        return Err("must not have a `#fragment`".into());
+    }
+    let uri = parse_subscriber_url(text)?;
+    if uri.query().is_some() {
+        return Err("must not have a query string (`?…`)".into());
     }
     Ok(uri)
 }
@@ -461,7 +750,7 @@ routes:
     #[test]
     fn unknown_key_is_named() {
         let yaml = VALID.replace("    source: muapi", "    source: muapi\n    sauce: x");
-        assert_problem(&yaml, "routes[0].sauce", "unknown field `sauce`");
+        assert_problem(&yaml, "routes[0].sauce", "unknown key");
     }
 
     #[test]

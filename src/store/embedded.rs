@@ -301,9 +301,8 @@ fn open_or_convert(path: &Path, cache_bytes: usize) -> Result<Database, StoreErr
         return Ok(db);
     }
     super::upgrade::convert_0_1(path, cache_bytes)?;
-    open_database(path, cache_bytes)?.ok_or_else(|| {
-        StoreError::Corrupt(format!("{} could not be converted", path.display()))
-    })
+    open_database(path, cache_bytes)?
+        .ok_or_else(|| StoreError::Corrupt(format!("{} could not be converted", path.display())))
 }
 
 fn load_names(db: &Database) -> Result<Names, StoreError> {
