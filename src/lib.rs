@@ -5,7 +5,8 @@
 //! → [`store`] (group commit; only then 2xx) → [`delivery`] (dispatcher,
 //! per-subscriber lanes, signed POSTs, retries, circuit breakers) → dead
 //! letters, inspected and replayed through [`admin`]. [`gateway`] wires
-//! them together from a [`config::Config`].
+//! them together from a [`config::Config`]. [`sink`] is a local
+//! subscriber for development (`hookrelay sink`).
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -20,6 +21,7 @@ pub mod intake;
 pub mod metrics;
 pub mod pem;
 pub mod signing;
+pub mod sink;
 pub mod store;
 
 pub use config::Config;

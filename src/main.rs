@@ -2,8 +2,10 @@
 //! up logging and signals, and calls the library.
 #![forbid(unsafe_code)]
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
@@ -32,6 +34,34 @@ enum Command {
         #[command(subcommand)]
         action: DeadLetterAction,
     },
+    /// Run a local subscriber that verifies and prints each delivery
+    /// (for development and debugging).
+    Sink(SinkArgs),
+}
+
+#[derive(Args)]
+struct SinkArgs {
+    /// Address to listen on (plain HTTP); port 0 picks a free port, printed
+    /// at start.
+    #[arg(long, default_value = "127.0.0.1:3000")]
+    listen: SocketAddr,
+    /// Signing secret (`whsec_…`) to verify `webhook-signature` with;
+    /// repeat during a rotation. Without it, signatures are not checked.
+    #[arg(long = "secret", value_name = "WHSEC")]
+    secrets: Vec<String>,
+    /// Answer 500 to the first N requests of each delivery (same path and
+    /// `webhook-id`), then 200: the gateway's retries get through.
+    #[arg(long, value_name = "N", conflicts_with = "status")]
+    fail_first: Option<u32>,
+    /// Answer this status to every request.
+    #[arg(long, value_name = "CODE", value_parser = clap::value_parser!(u16).range(200..=599))]
+    status: Option<u16>,
+    /// Wait this long before answering (`250ms`, `2s`, `1m`).
+    #[arg(long, value_name = "DURATION", value_parser = hookrelay::config::duration::parse)]
+    delay: Option<Duration>,
+    /// Print each body after its line (JSON indented, other text as is).
+    #[arg(long)]
+    body: bool,
 }
 
 #[derive(Args)]
@@ -134,7 +164,71 @@ fn main() -> ExitCode {
                 ExitCode::from(1)
             }
         },
+        Command::Sink(args) => {
+            use hookrelay::sink::{Options, Reply};
+            // Checked here, not by clap: clap's message would quote the
+            // value, and a secret must never reach an error message.
+            let keys = match Options::decode_secrets(&args.secrets) {
+                Ok(keys) => keys,
+                Err(e) => {
+                    eprintln!("hookrelay: --secret: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let reply = match (args.fail_first, args.status) {
+                (Some(n), _) => Reply::FailFirst(n),
+                (None, Some(code)) => Reply::Status(
+                    http::StatusCode::from_u16(code).expect("clap keeps it in 200..=599"),
+                ),
+                (None, None) => Reply::Ok,
+            };
+            let options = Options {
+                keys,
+                reply,
+                delay: args.delay.unwrap_or_default(),
+                print_body: args.body,
+            };
+            init_stderr_logging();
+            match runtime.block_on(sink(args.listen, options)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("hookrelay: {e:#}");
+                    ExitCode::from(1)
+                }
+            }
+        }
     }
+}
+
+/// Warnings (such as failed accepts) to stderr, for commands without a
+/// config; `RUST_LOG` overrides the level.
+fn init_stderr_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+async fn sink(listen: SocketAddr, options: hookrelay::sink::Options) -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    // Handlers before the "listening" line: a Ctrl-C right after it stops
+    // the sink cleanly instead of killing it.
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let sink = hookrelay::sink::Sink::bind(listen, options, Box::new(std::io::stdout())).await?;
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        stop.cancel();
+    });
+    sink.serve(shutdown).await;
+    Ok(())
 }
 
 fn config_failure(path: &std::path::Path, e: &ConfigError) -> ExitCode {

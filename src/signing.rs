@@ -17,7 +17,7 @@ type HmacSha256 = Hmac<Sha256>;
 pub const TIMESTAMP_TOLERANCE_SECS: u64 = 300;
 
 /// Why an inbound signature was refused. The messages name no secret.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, thiserror::Error, PartialEq, Eq)]
 pub enum VerifyError {
     /// `webhook-id`, `webhook-timestamp` or `webhook-signature` is absent.
     #[error("missing {0} header")]
@@ -31,6 +31,37 @@ pub enum VerifyError {
     /// No `v1` entry matched.
     #[error("no webhook-signature entry matches")]
     Mismatch,
+}
+
+/// Shortest decoded signing key accepted (128 bits).
+pub const MIN_KEY_BYTES: usize = 16;
+
+/// Why a `whsec_…` secret cannot be used. The messages never quote the
+/// secret: they say what was expected.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SecretError {
+    /// The text does not start with `whsec_`.
+    #[error("must start with `whsec_` followed by base64")]
+    MissingPrefix,
+    /// The part after the prefix is not standard base64.
+    #[error("the part after `whsec_` is not valid base64")]
+    NotBase64,
+    /// The key is shorter than [`MIN_KEY_BYTES`].
+    #[error("the decoded key is shorter than 16 bytes")]
+    TooShort,
+}
+
+/// Decodes a `whsec_<base64>` secret (the Standard Webhooks notation, as
+/// the config writes `signing_secrets`) into its key bytes.
+pub fn decode_whsec(secret: &str) -> Result<Vec<u8>, SecretError> {
+    let body = secret
+        .strip_prefix("whsec_")
+        .ok_or(SecretError::MissingPrefix)?;
+    let key = B64.decode(body).map_err(|_| SecretError::NotBase64)?;
+    if key.len() < MIN_KEY_BYTES {
+        return Err(SecretError::TooShort);
+    }
+    Ok(key)
 }
 
 fn mac(key: &[u8], id: &str, timestamp: &str, body: &[u8]) -> HmacSha256 {
@@ -104,6 +135,28 @@ mod tests {
     fn matches_the_spec_vector() {
         let key = B64.decode(SECRET).unwrap();
         assert_eq!(sign(&[key], ID, TS, BODY), EXPECTED);
+    }
+
+    #[test]
+    fn whsec_secrets_decode_or_say_why_not() {
+        assert_eq!(
+            decode_whsec(&format!("whsec_{SECRET}")),
+            Ok(B64.decode(SECRET).unwrap())
+        );
+        assert_eq!(decode_whsec(SECRET), Err(SecretError::MissingPrefix));
+        assert_eq!(
+            decode_whsec("whsec_not base64!"),
+            Err(SecretError::NotBase64)
+        );
+        assert_eq!(decode_whsec("whsec_c2hvcnQ="), Err(SecretError::TooShort));
+        // No message quotes the secret.
+        for e in [
+            SecretError::MissingPrefix,
+            SecretError::NotBase64,
+            SecretError::TooShort,
+        ] {
+            assert!(!e.to_string().contains(SECRET));
+        }
     }
 
     #[test]

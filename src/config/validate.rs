@@ -11,8 +11,6 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use base64::Engine;
-
 use super::duration::{MAX as MAX_DURATION, MAX_TEXT};
 use super::{
     BreakerConfig, Config, MuapiConfig, PostgresConfig, Problem, RetryConfig, RouteConfig,
@@ -646,16 +644,7 @@ pub(crate) fn check_postgres_url(text: &str) -> Result<(), &'static str> {
 ///
 /// The message never contains the secret itself.
 pub(crate) fn decode_whsec(secret: &str) -> Result<Vec<u8>, String> {
-    let body = secret
-        .strip_prefix("whsec_")
-        .ok_or("must start with `whsec_` followed by base64")?;
-    let key = base64::engine::general_purpose::STANDARD
-        .decode(body)
-        .map_err(|_| "the part after `whsec_` is not valid base64".to_string())?;
-    if key.len() < 16 {
-        return Err("the decoded key is shorter than 16 bytes".into());
-    }
-    Ok(key)
+    crate::signing::decode_whsec(secret).map_err(|e| e.to_string())
 }
 
 /// Parses a CIDR (`10.0.0.0/8`) or a single address (`127.0.0.1`).
