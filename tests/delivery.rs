@@ -574,3 +574,132 @@ async fn a_sender_that_hangs_up_mid_request_loses_nothing() {
     }
     gw.gateway.shutdown().await;
 }
+
+#[tokio::test]
+async fn lowering_max_in_flight_on_reload_never_runs_old_and_new_slots_together() {
+    let sink = Sink::start().await;
+    sink.set_default(Reply::Delay(200, Duration::from_millis(400)));
+    let subs = |n: u32| {
+        format!(
+            "      - name: app\n        url: {}\n        max_in_flight: {n}\n",
+            sink.url("/x")
+        )
+    };
+    let yaml = base(&subs(4), FAST_RETRY);
+    let gw = TestGateway::start(&yaml, None).await;
+    let client = TestClient::plain(gw.ingress);
+    for i in 0..12 {
+        client
+            .post(
+                "/hooks/muapi",
+                TOKEN,
+                &muapi_body(&format!("slots-{i}"), "completed"),
+            )
+            .await;
+    }
+    eventually(Duration::from_secs(10), "four attempts in flight", || {
+        sink.open_now() == 4
+    })
+    .await;
+    sink.reset_peak();
+    let text = base(&subs(1), FAST_RETRY)
+        .replace("{store}", &gw.dir.path().join("data").display().to_string())
+        .replace("{tls}\n", "");
+    gw.gateway
+        .reload(hookrelay::Config::from_yaml(&text, &|_| None).unwrap())
+        .await
+        .unwrap();
+    // The four running attempts finish; no new one starts beside them.
+    eventually(
+        Duration::from_secs(10),
+        "the old attempts to finish",
+        || sink.count() >= 5,
+    )
+    .await;
+    assert!(
+        sink.peak() <= 4,
+        "old and new slots ran together: {}",
+        sink.peak()
+    );
+    // From then on, one at a time.
+    eventually(Duration::from_secs(10), "the old slots to drain", || {
+        sink.open_now() <= 1
+    })
+    .await;
+    sink.reset_peak();
+    sink.wait_for(12, Duration::from_secs(20)).await;
+    assert_eq!(sink.peak(), 1, "more than max_in_flight ran at once");
+    gw.gateway.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_lane_holds_a_bounded_window_of_a_large_backlog() {
+    use hookrelay::store::embedded::{EmbeddedOptions, EmbeddedStore};
+    use hookrelay::store::{EventId, NewEvent, Origin, Store};
+    use std::sync::Arc;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    // A backlog of 3000 pending deliveries, written as a previous run left it.
+    let backlog = 3000u128;
+    {
+        let store = Arc::new(EmbeddedStore::open(&data, EmbeddedOptions::default()).unwrap());
+        let now = hookrelay::store::now_ms();
+        let mut waits = tokio::task::JoinSet::new();
+        for n in 0..backlog {
+            let store = store.clone();
+            waits.spawn(async move {
+                store
+                    .append(NewEvent {
+                        id: EventId(n + 1),
+                        route: Arc::from("muapi"),
+                        received_ms: now,
+                        source_id: None,
+                        status: Some("completed".into()),
+                        origin: Origin::Callback,
+                        headers: vec![],
+                        body: bytes::Bytes::from_static(b"{\"id\":\"x\",\"status\":\"completed\"}"),
+                        subscribers: vec![Arc::from("app")],
+                        ttl_ms: 3_600_000,
+                    })
+                    .await
+                    .unwrap()
+            });
+        }
+        while let Some(done) = waits.join_next().await {
+            done.unwrap();
+        }
+        store.close().await;
+    }
+    let sink = Sink::start().await;
+    sink.set_default(Reply::Hang);
+    let yaml = base(
+        &format!(
+            "      - name: app\n        url: {}\n        max_in_flight: 2\n        timeout: 30s\n",
+            sink.url("/x")
+        ),
+        FAST_RETRY,
+    )
+    .replace("{store}", &data.display().to_string());
+    let gateway =
+        hookrelay::Gateway::start(hookrelay::Config::from_yaml(&yaml, &|_| None).unwrap())
+            .await
+            .unwrap();
+    let admin = TestClient::plain(gateway.admin_addr);
+    let lane = admin
+        .get_until(
+            "/api/v1/subscribers",
+            Some("admin-token"),
+            Duration::from_secs(10),
+            "the lane to hold its first page",
+            |v| v["subscribers"][0]["queued"].as_u64().unwrap_or(0) > 0,
+        )
+        .await;
+    let row = &lane["subscribers"][0];
+    assert_eq!(row["pending"], 3000, "{row}");
+    let held = row["queued"].as_u64().unwrap() + row["in_flight"].as_u64().unwrap();
+    assert!(
+        held <= hookrelay::delivery::lane::LANE_CAPACITY as u64,
+        "the lane loaded {held} deliveries at once"
+    );
+    gateway.shutdown().await;
+}

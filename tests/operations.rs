@@ -793,9 +793,28 @@ async fn a_request_finishing_after_the_shutdown_grace_is_never_a_silent_dead_let
     let mut running = spawn(&config).await;
     let body = muapi_body("late-1", "completed");
     let mut open = half_request(&pki, running.ingress, "tok-gggg", &body).await;
+    // A slow admin client (its request head half sent) keeps the admin
+    // listener draining for its own grace: in 0.1 that kept the process
+    // alive past `shutdown_grace`, long enough to accept the late request.
+    let mut slow_admin = tokio::net::TcpStream::connect(running.admin).await.unwrap();
+    slow_admin
+        .write_all(b"GET /readyz HTTP/1.1\r\n")
+        .await
+        .unwrap();
+    let signalled = Instant::now();
     running.signal("-TERM");
+    // An orchestrator watching readiness holds a keep-alive connection to
+    // the admin listener while the gateway drains (this kept 0.1 alive past
+    // the grace, long enough to accept the late request and then kill its
+    // delivery).
+    let watcher = TestClient::plain(running.admin);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while watcher.send("GET", "/readyz", &[], "").await.status != StatusCode::SERVICE_UNAVAILABLE {
+        assert!(Instant::now() < deadline, "/readyz never turned 503");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     // Time passing is what this test is about: finish the body after the grace.
-    tokio::time::sleep(Duration::from_millis(1300)).await;
+    tokio::time::sleep(Duration::from_millis(1300).saturating_sub(signalled.elapsed())).await;
     let sent = open.write_all(&body.as_bytes()[10..]).await.is_ok() && open.flush().await.is_ok();
     let answer = if sent {
         use tokio::io::AsyncReadExt;

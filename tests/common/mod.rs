@@ -342,6 +342,8 @@ pub enum Reply {
     Status(u16, Vec<(&'static str, String)>),
     /// Never answer (the connection stays open).
     Hang,
+    /// This status after this long.
+    Delay(u16, Duration),
 }
 
 /// A request a sink received.
@@ -355,6 +357,8 @@ pub struct Received {
 
 struct SinkInner {
     received: Mutex<Vec<Received>>,
+    /// Requests being answered now, and the most at once since the last reset.
+    open: Mutex<(usize, usize)>,
     script: Mutex<VecDeque<Reply>>,
     default: Mutex<Reply>,
     notify: Notify,
@@ -379,6 +383,7 @@ impl Sink {
         let addr = listener.local_addr().unwrap();
         let inner = Arc::new(SinkInner {
             received: Mutex::new(Vec::new()),
+            open: Mutex::new((0, 0)),
             script: Mutex::new(VecDeque::new()),
             default: Mutex::new(Reply::Status(200, vec![])),
             notify: Notify::new(),
@@ -435,6 +440,22 @@ impl Sink {
         self.inner.received.lock().unwrap().clone()
     }
 
+    /// Requests being answered right now.
+    pub fn open_now(&self) -> usize {
+        self.inner.open.lock().unwrap().0
+    }
+
+    /// The most requests open at once since the last [`Sink::reset_peak`].
+    pub fn peak(&self) -> usize {
+        self.inner.open.lock().unwrap().1
+    }
+
+    /// Starts a new peak measurement from the requests open now.
+    pub fn reset_peak(&self) {
+        let mut open = self.inner.open.lock().unwrap();
+        open.1 = open.0;
+    }
+
     /// How many requests arrived.
     pub fn count(&self) -> usize {
         self.inner.received.lock().unwrap().len()
@@ -464,7 +485,27 @@ impl Sink {
     }
 }
 
+/// Counts a request as open while it lives (also when the client gives up).
+struct OpenRequest(Arc<SinkInner>);
+
+impl OpenRequest {
+    fn start(state: Arc<SinkInner>) -> Self {
+        let mut open = state.open.lock().unwrap();
+        open.0 += 1;
+        open.1 = open.1.max(open.0);
+        drop(open);
+        OpenRequest(state)
+    }
+}
+
+impl Drop for OpenRequest {
+    fn drop(&mut self) {
+        self.0.open.lock().unwrap().0 -= 1;
+    }
+}
+
 async fn sink_answer(state: Arc<SinkInner>, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let _open = OpenRequest::start(state.clone());
     let at = Instant::now();
     let version = req.version();
     let headers = req.headers().clone();
@@ -492,6 +533,12 @@ async fn sink_answer(state: Arc<SinkInner>, req: Request<Incoming>) -> Response<
             response
         }
         Reply::Hang => std::future::pending().await,
+        Reply::Delay(code, wait) => {
+            tokio::time::sleep(wait).await;
+            let mut response = Response::new(Full::new(Bytes::from_static(b"{}")));
+            *response.status_mut() = StatusCode::from_u16(code).unwrap();
+            response
+        }
     }
 }
 
