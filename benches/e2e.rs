@@ -642,6 +642,7 @@ async fn memory_with_keys(pki: &Pki, keys: usize) -> Value {
                 body: body.clone(),
                 subscribers: vec![],
                 ttl_ms: 72 * 3600 * 1000,
+                settles: false,
             };
             let store = store.clone();
             pending.spawn(async move { store.append(event).await.unwrap() });

@@ -148,6 +148,7 @@ fn group_commit(c: &mut Criterion) {
                                     Arc::from("notify"),
                                 ],
                                 ttl_ms: 72 * 3600 * 1000,
+                                settles: false,
                             }
                         })
                         .collect::<Vec<_>>()

@@ -660,6 +660,7 @@ async fn a_lane_holds_a_bounded_window_of_a_large_backlog() {
                         body: bytes::Bytes::from_static(b"{\"id\":\"x\",\"status\":\"completed\"}"),
                         subscribers: vec![Arc::from("app")],
                         ttl_ms: 3_600_000,
+                        settles: false,
                     })
                     .await
                     .unwrap()

@@ -26,6 +26,7 @@ fn event(n: u128, subscribers: &[&str], at: u64) -> NewEvent {
         body: Bytes::from(format!(r#"{{"id":"task-{n}","status":"completed"}}"#)),
         subscribers: subscribers.iter().map(|s| Arc::from(*s)).collect(),
         ttl_ms: 72 * HOUR,
+        settles: false,
     }
 }
 
@@ -536,6 +537,149 @@ async fn everything_survives_a_reopen_and_claims_do_not(b: &impl Backend) {
     store.close().await;
 }
 
+async fn expected_tasks_are_polled_once_and_settled_by_their_final_event(b: &impl Backend) {
+    use hookrelay::store::{ExpectedQuery, ExpectedState, NewExpected, PollNext, PollUpdate};
+    let store = b.fresh().await;
+    let task = |id: &str| NewExpected {
+        route: "muapi".into(),
+        id: id.into(),
+        endpoint: "flux-dev-image".into(),
+        submitted_ms: T0,
+        first_poll_ms: T0 + 600_000,
+    };
+    let (t, created) = store.expect(task("req-1")).await.unwrap();
+    assert!(created);
+    assert_eq!(t.state, ExpectedState::Waiting);
+    assert_eq!(t.endpoint, "flux-dev-image");
+    let (again, created) = store.expect(task("req-1")).await.unwrap();
+    assert!(!created, "expect is idempotent");
+    assert_eq!(again.submitted_ms, T0);
+    store.expect(task("req-2")).await.unwrap();
+
+    // Nothing is due before reconcile_after.
+    assert!(store.claim_polls(T0 + 1000, 10).await.unwrap().is_empty());
+    let due = store.claim_polls(T0 + 600_000, 10).await.unwrap();
+    assert_eq!(due.len(), 2);
+    // Claimed: nobody else polls them now.
+    assert!(store
+        .claim_polls(T0 + 600_000, 10)
+        .await
+        .unwrap()
+        .is_empty());
+    let update = |id: &str, next: PollNext| PollUpdate {
+        route: "muapi".into(),
+        id: id.into(),
+        result: "processing".into(),
+        next,
+        now_ms: T0 + 600_001,
+    };
+    assert_eq!(
+        store
+            .record_poll(update(
+                "req-1",
+                PollNext::Again {
+                    at_ms: T0 + 630_000
+                }
+            ))
+            .await
+            .unwrap(),
+        Recorded::Applied
+    );
+    assert_eq!(
+        store
+            .record_poll(update(
+                "req-1",
+                PollNext::Again {
+                    at_ms: T0 + 640_000
+                }
+            ))
+            .await
+            .unwrap(),
+        Recorded::Stale,
+        "a poll result needs the claim"
+    );
+    let polling = store
+        .expected(ExpectedQuery {
+            state: Some(ExpectedState::Polling),
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(polling.len(), 1);
+    assert_eq!(polling[0].polls, 1);
+    assert_eq!(polling[0].next_poll_ms, T0 + 630_000);
+    assert_eq!(polling[0].last_result.as_deref(), Some("processing"));
+    // req-2's callback arrives (late): it settles the task in the same commit.
+    let mut callback = event(77, &["a"], T0 + 610_000);
+    callback.source_id = Some("req-2".into());
+    callback.settles = true;
+    store.append(callback).await.unwrap();
+    assert_eq!(
+        store
+            .record_poll(update("req-2", PollNext::Expired))
+            .await
+            .unwrap(),
+        Recorded::Stale,
+        "a task settled meanwhile is not overwritten"
+    );
+    let done = store
+        .expected(ExpectedQuery {
+            state: Some(ExpectedState::Done),
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(done.len(), 1);
+    assert_eq!(done[0].id, "req-2");
+    assert_eq!(done[0].settled_by, Some(Origin::Callback));
+    assert_eq!(done[0].status.as_deref(), Some("completed"));
+    // req-1 is polled again when due, and its result fed back.
+    let due = store.claim_polls(T0 + 630_000, 10).await.unwrap();
+    assert_eq!(due.len(), 1);
+    assert_eq!(
+        store
+            .record_poll(update(
+                "req-1",
+                PollNext::Done {
+                    status: "completed".into(),
+                    via: Origin::Reconciled
+                }
+            ))
+            .await
+            .unwrap(),
+        Recorded::Applied
+    );
+    assert!(store
+        .claim_polls(u64::MAX / 2, 10)
+        .await
+        .unwrap()
+        .is_empty());
+    let mut counts = store.expected_counts().await.unwrap();
+    counts.retain(|c| c.2 > 0);
+    assert_eq!(counts, vec![("muapi".to_string(), ExpectedState::Done, 2)]);
+    // A task registered after its final callback was stored is done at once.
+    let mut stored = event(78, &["a"], T0);
+    stored.source_id = Some("req-3".into());
+    store.append(stored).await.unwrap();
+    let (t, created) = store.expect(task("req-3")).await.unwrap();
+    assert!(created);
+    assert_eq!(t.state, ExpectedState::Done);
+    assert_eq!(t.settled_by, Some(Origin::Callback));
+    // Closed tasks go with the retention.
+    store.prune(policy(T0 + 25 * HOUR)).await.unwrap();
+    let left = store
+        .expected(ExpectedQuery {
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(left.iter().all(|t| t.state.is_open()), "{left:?}");
+    store.close().await;
+}
+
 macro_rules! conformance {
     ($module:ident, $backend:expr) => {
         mod $module {
@@ -565,6 +709,11 @@ macro_rules! conformance {
             #[tokio::test]
             async fn events_are_listed_newest_first_in_pages_and_found_by_source_id() {
                 super::events_are_listed_newest_first_in_pages_and_found_by_source_id(&$backend)
+                    .await
+            }
+            #[tokio::test]
+            async fn expected_tasks_are_polled_once_and_settled_by_their_final_event() {
+                super::expected_tasks_are_polled_once_and_settled_by_their_final_event(&$backend)
                     .await
             }
             #[tokio::test]

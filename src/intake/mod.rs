@@ -183,6 +183,11 @@ impl Intake {
             .filter(|s| s.filter.matches(status.as_deref(), tree.as_ref()))
             .cloned()
             .collect();
+        // A final result on a route that reconciles settles its expected task.
+        let settles = route.muapi.is_some()
+            && status
+                .as_deref()
+                .is_some_and(|s| crate::store::FINAL_STATUSES.contains(&s));
         let event = NewEvent {
             id,
             route: route.name.clone(),
@@ -194,6 +199,7 @@ impl Intake {
             body: body.clone(),
             subscribers: subscribers.iter().map(|s| s.name.clone()).collect(),
             ttl_ms: self.cache.ttl_ms(),
+            settles,
         };
         // Commit and hand over to the lanes in a task of its own: if the
         // sender hangs up while we wait, the request future is dropped, but

@@ -15,7 +15,9 @@
 
 use bytes::Bytes;
 
-use super::{AttemptRecord, DeliveryState, EventId, Origin, StoreError, ATTEMPT_HISTORY};
+use super::{
+    AttemptRecord, DeliveryState, EventId, ExpectedState, Origin, StoreError, ATTEMPT_HISTORY,
+};
 
 /// The record version this build writes.
 pub const VERSION: u8 = 1;
@@ -394,6 +396,98 @@ pub fn decode_key(buf: &[u8]) -> Result<KeyRecord, StoreError> {
     })
 }
 
+/// An expected task (muapi reconciliation), as the embedded store keeps it;
+/// the route and the task id are its key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExpectedRecord {
+    /// The endpoint it was submitted to.
+    pub endpoint: String,
+    /// Submission time, unix ms.
+    pub submitted_ms: u64,
+    /// Where it stands.
+    pub state: ExpectedState,
+    /// How its result came, when done.
+    pub settled_by: Option<Origin>,
+    /// Its final status, when done.
+    pub status: Option<String>,
+    /// Polls so far.
+    pub polls: u32,
+    /// Next poll (open tasks), unix ms.
+    pub next_poll_ms: u64,
+    /// Last change, unix ms.
+    pub updated_ms: u64,
+    /// What the last poll saw.
+    pub last_result: Option<String>,
+}
+
+fn expected_code(s: ExpectedState) -> u8 {
+    match s {
+        ExpectedState::Waiting => 0,
+        ExpectedState::Polling => 1,
+        ExpectedState::Done => 2,
+        ExpectedState::Expired => 3,
+    }
+}
+
+/// The number an expected state is stored as.
+pub fn expected_state_code(s: ExpectedState) -> u8 {
+    expected_code(s)
+}
+
+fn expected_from(code: u8) -> Result<ExpectedState, StoreError> {
+    Ok(match code {
+        0 => ExpectedState::Waiting,
+        1 => ExpectedState::Polling,
+        2 => ExpectedState::Done,
+        3 => ExpectedState::Expired,
+        _ => return Err(corrupt("unknown expected-task state")),
+    })
+}
+
+/// The state stored under a number.
+pub fn expected_state_from(code: u8) -> Result<ExpectedState, StoreError> {
+    expected_from(code)
+}
+
+/// Encodes an expected task (current version).
+pub fn encode_expected(e: &ExpectedRecord) -> Vec<u8> {
+    let mut w = Writer(Vec::with_capacity(48 + e.endpoint.len()));
+    w.u8(VERSION);
+    w.bytes(e.endpoint.as_bytes());
+    w.varint(e.submitted_ms);
+    w.u8(expected_code(e.state));
+    w.u8(match e.settled_by {
+        None => 0,
+        Some(o) => 1 + origin_code(o),
+    });
+    w.opt_str(e.status.as_deref());
+    w.varint(u64::from(e.polls));
+    w.varint(e.next_poll_ms);
+    w.varint(e.updated_ms);
+    w.opt_str(e.last_result.as_deref());
+    w.0
+}
+
+/// Decodes an expected task.
+pub fn decode_expected(buf: &[u8]) -> Result<ExpectedRecord, StoreError> {
+    let mut r = Reader { buf, pos: 0 };
+    let _version = r.version()?;
+    Ok(ExpectedRecord {
+        endpoint: r.string()?,
+        submitted_ms: r.varint()?,
+        state: expected_from(r.u8()?)?,
+        settled_by: match r.u8()? {
+            0 => None,
+            n => Some(origin_from(n - 1)?),
+        },
+        status: r.opt_str()?,
+        polls: r.u32()?,
+        next_poll_ms: r.varint()?,
+        updated_ms: r.varint()?,
+        last_result: r.opt_str()?,
+    })
+}
+
 /// A stable 64-bit hash (FNV-1a) of a route and a source id, for the
 /// source-id index: persisted, so it must never change between builds.
 pub fn source_hash(route: u32, source_id: &str) -> u64 {
@@ -527,6 +621,22 @@ mod tests {
         let bytes = encode_key(&k);
         assert!(bytes.len() <= 12, "{} bytes", bytes.len());
         assert_eq!(decode_key(&bytes).unwrap(), k);
+    }
+
+    #[test]
+    fn expected_tasks_round_trip() {
+        let e = ExpectedRecord {
+            endpoint: "flux-dev-image".into(),
+            submitted_ms: 1_795_000_000_000,
+            state: ExpectedState::Done,
+            settled_by: Some(Origin::Reconciled),
+            status: Some("completed".into()),
+            polls: 3,
+            next_poll_ms: 1_795_000_060_000,
+            updated_ms: 1_795_000_061_000,
+            last_result: Some("processing".into()),
+        };
+        assert_eq!(decode_expected(&encode_expected(&e)).unwrap(), e);
     }
 
     #[test]

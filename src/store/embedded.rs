@@ -43,8 +43,8 @@ use super::codec::{self, DeliveryRecord, EventRecord, KeyRecord};
 use super::{
     AppendOutcome, AttemptUpdate, Claimed, DeadLetterQuery, DeadSelector, DeliveryBrief,
     DeliveryId, DeliveryState, DeliveryView, EventId, EventPage, EventQuery, EventSummary,
-    EventView, LaneCounts, NewEvent, Next, PrunePolicy, PruneReport, Recorded, Store, StoreError,
-    StoreSize,
+    EventView, ExpectedQuery, ExpectedState, ExpectedTask, LaneCounts, NewEvent, NewExpected, Next,
+    PollNext, PollUpdate, PrunePolicy, PruneReport, Recorded, Store, StoreError, StoreSize,
 };
 
 const NAMES: TableDefinition<u32, &str> = TableDefinition::new("names");
@@ -56,6 +56,13 @@ const DEAD: TableDefinition<(u32, u64, u64), ()> = TableDefinition::new("dead");
 const DONE: TableDefinition<(u64, u64), ()> = TableDefinition::new("done");
 const SOURCES: TableDefinition<(u64, u64), ()> = TableDefinition::new("sources");
 const COUNTS: TableDefinition<u32, (u64, u64)> = TableDefinition::new("counts");
+const EXPECTED: TableDefinition<(u32, &str), &[u8]> = TableDefinition::new("expected");
+const POLLS: TableDefinition<(u64, u32, &str), ()> = TableDefinition::new("expected_polls");
+const EXPECTED_BY_TIME: TableDefinition<(u64, u32, &str), ()> =
+    TableDefinition::new("expected_by_time");
+const EXPECTED_CLOSED: TableDefinition<(u64, u32, &str), ()> =
+    TableDefinition::new("expected_closed");
+const EXPECTED_COUNTS: TableDefinition<(u32, u8), u64> = TableDefinition::new("expected_counts");
 
 /// `meta` keys.
 const NEXT_SEQ: &str = "next_seq";
@@ -114,6 +121,8 @@ enum Op {
     Kill(String, String, String, u64, usize),
     Prune(PrunePolicy),
     Size,
+    Expect(NewExpected),
+    Poll(PollUpdate),
 }
 
 /// What a change produced.
@@ -124,6 +133,7 @@ enum Done {
     Count(usize),
     Pruned(PruneReport),
     Size(StoreSize),
+    Expected(ExpectedTask, bool),
 }
 
 struct Request {
@@ -202,6 +212,8 @@ struct Handle {
     names: RwLock<Names>,
     /// Deliveries claimed by lanes of this process: (lane, seq).
     claims: Mutex<HashSet<(u32, u64)>>,
+    /// Expected tasks being polled by this process: (route, task id).
+    poll_claims: Mutex<HashSet<(u32, String)>>,
 }
 
 impl Handle {
@@ -290,6 +302,11 @@ fn open_database(path: &Path, cache_bytes: usize) -> Result<Option<Database>, St
         txn.open_table(DONE).map_err(backend)?;
         txn.open_table(SOURCES).map_err(backend)?;
         txn.open_table(COUNTS).map_err(backend)?;
+        txn.open_table(EXPECTED).map_err(backend)?;
+        txn.open_table(POLLS).map_err(backend)?;
+        txn.open_table(EXPECTED_BY_TIME).map_err(backend)?;
+        txn.open_table(EXPECTED_CLOSED).map_err(backend)?;
+        txn.open_table(EXPECTED_COUNTS).map_err(backend)?;
     }
     txn.commit().map_err(backend)?;
     Ok(Some(db))
@@ -360,6 +377,7 @@ impl EmbeddedStore {
             readers: RwLock::new(()),
             names: RwLock::new(names),
             claims: Mutex::new(HashSet::new()),
+            poll_claims: Mutex::new(HashSet::new()),
         });
         let (tx, rx) = mpsc::channel(max_batch.max(64) * 4);
         let writer_db = db.clone();
@@ -448,6 +466,22 @@ fn view(names: &Names, e: &EventRecord, d: &DeliveryRecord) -> DeliveryView {
         updated_ms: d.updated_ms,
         dead_reason: d.dead_reason.clone(),
         history: d.history.clone(),
+    }
+}
+
+fn expected_task(route: &str, id: &str, e: &codec::ExpectedRecord) -> ExpectedTask {
+    ExpectedTask {
+        route: route.to_string(),
+        id: id.to_string(),
+        endpoint: e.endpoint.clone(),
+        submitted_ms: e.submitted_ms,
+        state: e.state,
+        settled_by: e.settled_by,
+        status: e.status.clone(),
+        polls: e.polls,
+        next_poll_ms: e.next_poll_ms,
+        updated_ms: e.updated_ms,
+        last_result: e.last_result.clone(),
     }
 }
 
@@ -577,12 +611,20 @@ struct Effects {
     claimed: Vec<(u32, u64)>,
     /// Claims released by this batch's results (dropped once committed).
     released: Vec<(u32, u64)>,
+    /// Poll claims released by this batch (dropped once committed).
+    released_polls: Vec<(u32, String)>,
     /// Names allocated in this batch.
     new_names: Vec<u32>,
 }
 
 impl Effects {
     fn after_commit(self, db: &Handle) {
+        if !self.released_polls.is_empty() {
+            let mut claims = db.poll_claims.lock().expect("poll claims lock");
+            for c in &self.released_polls {
+                claims.remove(c);
+            }
+        }
         if !self.released.is_empty() {
             let mut claims = db.claims.lock().expect("claims lock");
             for c in &self.released {
@@ -635,6 +677,8 @@ fn apply_batch(
                     .map(Done::Count),
                 Op::Prune(policy) => t.prune(*policy).map(Done::Pruned),
                 Op::Size => Ok(Done::Size(StoreSize::default())),
+                Op::Expect(task) => t.expect(task, effects).map(|(e, n)| Done::Expected(e, n)),
+                Op::Poll(update) => t.record_poll(update, effects).map(Done::Recorded),
             };
             match result {
                 Err(StoreError::Backend(e)) => return Err(StoreError::Backend(e)),
@@ -675,6 +719,13 @@ struct Tables<'t> {
     done: redb::Table<'t, (u64, u64), ()>,
     sources: redb::Table<'t, (u64, u64), ()>,
     counts: redb::Table<'t, u32, (u64, u64)>,
+    expected: redb::Table<'t, (u32, &'static str), &'static [u8]>,
+    polls: redb::Table<'t, (u64, u32, &'static str), ()>,
+    expected_by_time: redb::Table<'t, (u64, u32, &'static str), ()>,
+    expected_closed: redb::Table<'t, (u64, u32, &'static str), ()>,
+    expected_counts: redb::Table<'t, (u32, u8), u64>,
+    /// Expected-task count changes per (route, state), written at the end.
+    expected_delta: BTreeMap<(u32, u8), i64>,
     /// Pending and dead count changes per lane, written once at the end.
     count_delta: BTreeMap<u32, (i64, i64)>,
     next_seq: u64,
@@ -700,6 +751,12 @@ impl<'t> Tables<'t> {
             done: txn.open_table(DONE).map_err(backend)?,
             sources: txn.open_table(SOURCES).map_err(backend)?,
             counts: txn.open_table(COUNTS).map_err(backend)?,
+            expected: txn.open_table(EXPECTED).map_err(backend)?,
+            polls: txn.open_table(POLLS).map_err(backend)?,
+            expected_by_time: txn.open_table(EXPECTED_BY_TIME).map_err(backend)?,
+            expected_closed: txn.open_table(EXPECTED_CLOSED).map_err(backend)?,
+            expected_counts: txn.open_table(EXPECTED_COUNTS).map_err(backend)?,
+            expected_delta: BTreeMap::new(),
             meta,
             count_delta: BTreeMap::new(),
             next_seq,
@@ -716,6 +773,19 @@ impl<'t> Tables<'t> {
         if self.next_name != self.start.1 {
             self.meta
                 .insert(NEXT_NAME, self.next_name)
+                .map_err(backend)?;
+        }
+        for (key, delta) in std::mem::take(&mut self.expected_delta) {
+            if delta == 0 {
+                continue;
+            }
+            let n = self
+                .expected_counts
+                .get(key)
+                .map_err(backend)?
+                .map_or(0, |v| v.value());
+            self.expected_counts
+                .insert(key, n.saturating_add_signed(delta))
                 .map_err(backend)?;
         }
         for (lane, (dp, dd)) in std::mem::take(&mut self.count_delta) {
@@ -874,7 +944,231 @@ impl<'t> Tables<'t> {
                 .insert((event.received_ms, seq), ())
                 .map_err(backend)?;
         }
+        if let (true, Some(source), Some(status)) = (event.settles, &event.source_id, &event.status)
+        {
+            self.settle(route, source, event.origin, status, event.received_ms)?;
+        }
         Ok(AppendOutcome::Accepted)
+    }
+
+    fn expected_record(
+        &self,
+        route: u32,
+        id: &str,
+    ) -> Result<Option<codec::ExpectedRecord>, StoreError> {
+        match self.expected.get((route, id)).map_err(backend)? {
+            Some(v) => codec::decode_expected(v.value()).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Writes an expected task and its index entries, replacing `old`.
+    fn put_expected(
+        &mut self,
+        route: u32,
+        id: &str,
+        old: Option<&codec::ExpectedRecord>,
+        new: &codec::ExpectedRecord,
+    ) -> Result<(), StoreError> {
+        if let Some(old) = old {
+            if old.state.is_open() {
+                self.polls
+                    .remove((old.next_poll_ms, route, id))
+                    .map_err(backend)?;
+            } else {
+                self.expected_closed
+                    .remove((old.updated_ms, route, id))
+                    .map_err(backend)?;
+            }
+            *self
+                .expected_delta
+                .entry((route, codec::expected_state_code(old.state)))
+                .or_default() -= 1;
+        } else {
+            self.expected_by_time
+                .insert((new.submitted_ms, route, id), ())
+                .map_err(backend)?;
+        }
+        if new.state.is_open() {
+            self.polls
+                .insert((new.next_poll_ms, route, id), ())
+                .map_err(backend)?;
+        } else {
+            self.expected_closed
+                .insert((new.updated_ms, route, id), ())
+                .map_err(backend)?;
+        }
+        *self
+            .expected_delta
+            .entry((route, codec::expected_state_code(new.state)))
+            .or_default() += 1;
+        self.expected
+            .insert((route, id), codec::encode_expected(new).as_slice())
+            .map_err(backend)?;
+        Ok(())
+    }
+
+    /// A task's final result arrived: an open expected task is done.
+    fn settle(
+        &mut self,
+        route: u32,
+        id: &str,
+        via: super::Origin,
+        status: &str,
+        now: u64,
+    ) -> Result<(), StoreError> {
+        let Some(old) = self.expected_record(route, id)? else {
+            return Ok(());
+        };
+        if !old.state.is_open() {
+            return Ok(());
+        }
+        let new = codec::ExpectedRecord {
+            state: ExpectedState::Done,
+            settled_by: Some(via),
+            status: Some(status.to_string()),
+            updated_ms: now,
+            ..old.clone()
+        };
+        self.put_expected(route, id, Some(&old), &new)
+    }
+
+    fn expect(
+        &mut self,
+        task: &NewExpected,
+        effects: &mut Effects,
+    ) -> Result<(ExpectedTask, bool), StoreError> {
+        let route = self.name_id(&task.route, effects)?;
+        if let Some(old) = self.expected_record(route, &task.id)? {
+            return Ok((expected_task(&task.route, &task.id, &old), false));
+        }
+        // Its final callback may have come first.
+        let mut settled = None;
+        let hash = codec::source_hash(route, &task.id);
+        let seqs: Vec<u64> = self
+            .sources
+            .range((hash, 0)..=(hash, u64::MAX))
+            .map_err(backend)?
+            .map(|e| e.map(|(k, _)| k.value().1).map_err(backend))
+            .collect::<Result<_, _>>()?;
+        for seq in seqs {
+            if let Some(e) = self.event(seq)? {
+                let final_status = e
+                    .status
+                    .as_deref()
+                    .filter(|s| super::FINAL_STATUSES.contains(s));
+                if e.source_id.as_deref() == Some(task.id.as_str()) && final_status.is_some() {
+                    settled = Some((e.origin, final_status.unwrap_or_default().to_string()));
+                }
+            }
+        }
+        let new = codec::ExpectedRecord {
+            endpoint: task.endpoint.clone(),
+            submitted_ms: task.submitted_ms,
+            state: if settled.is_some() {
+                ExpectedState::Done
+            } else {
+                ExpectedState::Waiting
+            },
+            settled_by: settled.as_ref().map(|s| s.0),
+            status: settled.map(|s| s.1),
+            polls: 0,
+            next_poll_ms: task.first_poll_ms,
+            updated_ms: task.submitted_ms,
+            last_result: None,
+        };
+        self.put_expected(route, &task.id, None, &new)?;
+        Ok((expected_task(&task.route, &task.id, &new), true))
+    }
+
+    fn record_poll(
+        &mut self,
+        update: &PollUpdate,
+        effects: &mut Effects,
+    ) -> Result<Recorded, StoreError> {
+        let Some(route) = self
+            .handle
+            .names
+            .read()
+            .expect("names lock")
+            .id(&update.route)
+        else {
+            return Ok(Recorded::Stale);
+        };
+        let key = (route, update.id.clone());
+        let claimed = self
+            .handle
+            .poll_claims
+            .lock()
+            .expect("poll claims lock")
+            .contains(&key);
+        if !claimed {
+            return Ok(Recorded::Stale);
+        }
+        effects.released_polls.push(key);
+        let Some(old) = self.expected_record(route, &update.id)? else {
+            return Ok(Recorded::Stale);
+        };
+        if !old.state.is_open() {
+            return Ok(Recorded::Stale);
+        }
+        let mut new = codec::ExpectedRecord {
+            polls: old.polls.saturating_add(1),
+            updated_ms: update.now_ms,
+            last_result: Some(update.result.clone()),
+            ..old.clone()
+        };
+        match &update.next {
+            PollNext::Again { at_ms } => {
+                new.state = ExpectedState::Polling;
+                new.next_poll_ms = *at_ms;
+            }
+            PollNext::Done { status, via } => {
+                new.state = ExpectedState::Done;
+                new.settled_by = Some(*via);
+                new.status = Some(status.clone());
+            }
+            PollNext::Expired => new.state = ExpectedState::Expired,
+        }
+        self.put_expected(route, &update.id, Some(&old), &new)?;
+        Ok(Recorded::Applied)
+    }
+
+    /// Removes closed expected tasks older than the cutoff; returns how many.
+    fn prune_expected(&mut self, cutoff: u64, max: usize) -> Result<(usize, bool), StoreError> {
+        let mut victims = Vec::new();
+        for entry in self
+            .expected_closed
+            .range(..(cutoff, 0u32, ""))
+            .map_err(backend)?
+        {
+            let (key, _) = entry.map_err(backend)?;
+            let (at, route, id) = key.value();
+            victims.push((at, route, id.to_string()));
+            if victims.len() >= max {
+                break;
+            }
+        }
+        let more = victims.len() >= max;
+        let n = victims.len();
+        for (at, route, id) in victims {
+            self.expected_closed
+                .remove((at, route, id.as_str()))
+                .map_err(backend)?;
+            if let Some(old) = self.expected_record(route, &id)? {
+                self.expected_by_time
+                    .remove((old.submitted_ms, route, id.as_str()))
+                    .map_err(backend)?;
+                *self
+                    .expected_delta
+                    .entry((route, codec::expected_state_code(old.state)))
+                    .or_default() -= 1;
+            }
+            self.expected
+                .remove((route, id.as_str()))
+                .map_err(backend)?;
+        }
+        Ok((n, more))
     }
 
     fn attempt(
@@ -1211,6 +1505,9 @@ impl<'t> Tables<'t> {
             self.events.remove(seq).map_err(backend)?;
             report.details += 1;
         }
+        // Closed expected tasks go with the same retention as events.
+        let (_, more) = self.prune_expected(cutoff, policy.max_items)?;
+        report.more |= more;
         // 3. Keys past the idempotency window whose details are gone, a few
         //    slices of the id space per run: enough that the whole space is
         //    swept once per quarter of the window, never all of it at once
@@ -1734,6 +2031,114 @@ impl Store for EmbeddedStore {
             Done::Size(s) => Ok(s),
             _ => unreachable!("size answers with sizes"),
         }
+    }
+
+    async fn expect(&self, task: NewExpected) -> Result<(ExpectedTask, bool), StoreError> {
+        match self.submit(Op::Expect(task)).await? {
+            Done::Expected(t, new) => Ok((t, new)),
+            _ => unreachable!("expect answers with a task"),
+        }
+    }
+
+    async fn expected(&self, query: ExpectedQuery) -> Result<Vec<ExpectedTask>, StoreError> {
+        self.read(move |db, txn| {
+            let names = db.names.read().expect("names lock");
+            let route = match &query.route {
+                Some(r) => match names.id(r) {
+                    Some(id) => Some(id),
+                    None => return Ok(Vec::new()),
+                },
+                None => None,
+            };
+            let by_time = txn.open_table(EXPECTED_BY_TIME).map_err(backend)?;
+            let expected = txn.open_table(EXPECTED).map_err(backend)?;
+            let mut out = Vec::new();
+            for (scanned, entry) in by_time.iter().map_err(backend)?.rev().enumerate() {
+                if out.len() >= query.limit || scanned >= LIST_SCAN {
+                    break;
+                }
+                let (key, _) = entry.map_err(backend)?;
+                let (_, r, id) = key.value();
+                if route.is_some_and(|want| want != r) {
+                    continue;
+                }
+                let Some(v) = expected.get((r, id)).map_err(backend)? else {
+                    continue;
+                };
+                let e = codec::decode_expected(v.value())?;
+                if query.state.is_some_and(|s| s != e.state) {
+                    continue;
+                }
+                out.push(expected_task(&names.route(r), id, &e));
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn claim_polls(
+        &self,
+        now_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<ExpectedTask>, StoreError> {
+        self.read(move |db, _| {
+            let mut claims = db.poll_claims.lock().expect("poll claims lock");
+            let txn = db.get()?.begin_read().map_err(backend)?;
+            let polls = txn.open_table(POLLS).map_err(backend)?;
+            let expected = txn.open_table(EXPECTED).map_err(backend)?;
+            let names = db.names.read().expect("names lock");
+            let mut out = Vec::new();
+            for entry in polls
+                .range(..(now_ms.saturating_add(1), 0u32, ""))
+                .map_err(backend)?
+            {
+                if out.len() >= limit {
+                    break;
+                }
+                let (key, _) = entry.map_err(backend)?;
+                let (_, route, id) = key.value();
+                if claims.contains(&(route, id.to_string())) {
+                    continue;
+                }
+                let Some(v) = expected.get((route, id)).map_err(backend)? else {
+                    continue;
+                };
+                let e = codec::decode_expected(v.value())?;
+                if !e.state.is_open() {
+                    continue;
+                }
+                claims.insert((route, id.to_string()));
+                out.push(expected_task(&names.route(route), id, &e));
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn record_poll(&self, update: PollUpdate) -> Result<Recorded, StoreError> {
+        match self.submit(Op::Poll(update)).await? {
+            Done::Recorded(r) => Ok(r),
+            _ => unreachable!("a poll answers with a flag"),
+        }
+    }
+
+    async fn expected_counts(&self) -> Result<Vec<(String, ExpectedState, u64)>, StoreError> {
+        self.read(|db, txn| {
+            let names = db.names.read().expect("names lock");
+            let counts = txn.open_table(EXPECTED_COUNTS).map_err(backend)?;
+            let mut out = Vec::new();
+            for entry in counts.iter().map_err(backend)? {
+                let (key, value) = entry.map_err(backend)?;
+                let (route, state) = key.value();
+                out.push((
+                    names.route(route),
+                    codec::expected_state_from(state)?,
+                    value.value(),
+                ));
+            }
+            Ok(out)
+        })
+        .await
     }
 
     async fn close(&self) {

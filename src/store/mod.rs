@@ -168,6 +168,10 @@ pub struct NewEvent {
     /// (`idempotency.ttl`); past it, and once that event's details are
     /// gone, the id is accepted again as new.
     pub ttl_ms: u64,
+    /// This event is a task's final result (a muapi callback with a
+    /// terminal status on a route that reconciles): an expected task with
+    /// the route and `source_id` is settled by it, in the same commit.
+    pub settles: bool,
 }
 
 /// What [`Store::append`] did.
@@ -489,6 +493,144 @@ pub struct StoreSize {
     pub used_bytes: u64,
 }
 
+/// The statuses that end a task (muapi's `completed`, `failed`,
+/// `cancelled`): an event with one of them settles its expected task.
+pub const FINAL_STATUSES: &[&str] = &["completed", "failed", "cancelled"];
+
+/// Where an expected task stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExpectedState {
+    /// Submitted; its callback has not come and it is not polled yet.
+    Waiting,
+    /// Its callback is late: the result API is being polled.
+    Polling,
+    /// Its final result arrived (by callback or by poll).
+    Done,
+    /// `give_up_after` passed without a final result.
+    Expired,
+}
+
+impl ExpectedState {
+    /// Every state, for gauges.
+    pub const ALL: [ExpectedState; 4] = [
+        ExpectedState::Waiting,
+        ExpectedState::Polling,
+        ExpectedState::Done,
+        ExpectedState::Expired,
+    ];
+
+    /// The state's name (metric label, API).
+    pub fn name(self) -> &'static str {
+        match self {
+            ExpectedState::Waiting => "waiting",
+            ExpectedState::Polling => "polling",
+            ExpectedState::Done => "done",
+            ExpectedState::Expired => "expired",
+        }
+    }
+
+    /// Parses a name from [`ExpectedState::name`].
+    pub fn parse(text: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|s| s.name() == text)
+    }
+
+    /// Whether the task still needs its result.
+    pub fn is_open(self) -> bool {
+        matches!(self, ExpectedState::Waiting | ExpectedState::Polling)
+    }
+}
+
+/// A task hookrelay expects a result for (muapi reconciliation).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ExpectedTask {
+    /// Route name.
+    pub route: String,
+    /// The provider's id for the task (muapi `request_id`).
+    pub id: String,
+    /// The endpoint it was submitted to (empty when registered by the API).
+    pub endpoint: String,
+    /// When it was submitted (or registered), unix ms.
+    pub submitted_ms: u64,
+    /// Where it stands.
+    pub state: ExpectedState,
+    /// How its result came (when done).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub settled_by: Option<Origin>,
+    /// Its final status (when done).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
+    /// Polls made so far.
+    pub polls: u32,
+    /// When the next poll is due (open tasks), unix ms.
+    pub next_poll_ms: u64,
+    /// Last change, unix ms.
+    pub updated_ms: u64,
+    /// What the last poll saw (`processing`, `HTTP 429`, an error).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_result: Option<String>,
+}
+
+/// A task to expect.
+#[derive(Debug, Clone)]
+pub struct NewExpected {
+    /// Route name.
+    pub route: String,
+    /// The provider's id for the task.
+    pub id: String,
+    /// The endpoint it was submitted to.
+    pub endpoint: String,
+    /// When it was submitted, unix ms.
+    pub submitted_ms: u64,
+    /// When to poll first if no callback came (`reconcile_after` later).
+    pub first_poll_ms: u64,
+}
+
+/// Which expected tasks to list.
+#[derive(Debug, Clone, Default)]
+pub struct ExpectedQuery {
+    /// Only this route.
+    pub route: Option<String>,
+    /// Only this state.
+    pub state: Option<ExpectedState>,
+    /// At most this many, newest first.
+    pub limit: usize,
+}
+
+/// What follows a poll.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PollNext {
+    /// Poll again at this time (unix ms).
+    Again {
+        /// Next poll.
+        at_ms: u64,
+    },
+    /// The final result was fed to the intake.
+    Done {
+        /// Its status.
+        status: String,
+        /// Reconciled (or callback, when the callback beat the poll).
+        via: Origin,
+    },
+    /// Given up (`give_up_after`).
+    Expired,
+}
+
+/// The result of one poll, to record.
+#[derive(Debug, Clone)]
+pub struct PollUpdate {
+    /// Route name.
+    pub route: String,
+    /// The task.
+    pub id: String,
+    /// What the poll saw.
+    pub result: String,
+    /// What follows.
+    pub next: PollNext,
+    /// Now, unix ms.
+    pub now_ms: u64,
+}
+
 /// Durable storage of events and deliveries. See the module docs for the
 /// guarantees.
 #[async_trait]
@@ -575,6 +717,25 @@ pub trait Store: Send + Sync + 'static {
 
     /// How much room the store takes.
     async fn size(&self) -> Result<StoreSize, StoreError>;
+
+    /// Records a task whose result is expected (idempotent: an existing one
+    /// is returned unchanged, with `false`). A task whose final callback was
+    /// already stored is done at once.
+    async fn expect(&self, task: NewExpected) -> Result<(ExpectedTask, bool), StoreError>;
+
+    /// Expected tasks, newest first.
+    async fn expected(&self, query: ExpectedQuery) -> Result<Vec<ExpectedTask>, StoreError>;
+
+    /// Claims up to `limit` open tasks whose next poll is due (one poller
+    /// per task across instances).
+    async fn claim_polls(&self, now_ms: u64, limit: usize)
+        -> Result<Vec<ExpectedTask>, StoreError>;
+
+    /// Records a poll's result and releases the task's claim.
+    async fn record_poll(&self, update: PollUpdate) -> Result<Recorded, StoreError>;
+
+    /// Expected tasks per (route, state), for gauges.
+    async fn expected_counts(&self) -> Result<Vec<(String, ExpectedState, u64)>, StoreError>;
 
     /// Whether the store can take writes now (readiness): false while a
     /// database server is unreachable.

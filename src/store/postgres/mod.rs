@@ -37,12 +37,16 @@ use tokio_util::sync::CancellationToken;
 use super::{
     AppendOutcome, AttemptRecord, AttemptUpdate, Claimed, DeadLetterQuery, DeadSelector,
     DeliveryBrief, DeliveryState, DeliveryView, EventId, EventPage, EventQuery, EventSummary,
-    EventView, LaneCounts, NewEvent, Next, Origin, PrunePolicy, PruneReport, Recorded, Store,
-    StoreError, StoreSize, ATTEMPT_HISTORY,
+    EventView, ExpectedQuery, ExpectedState, ExpectedTask, LaneCounts, NewEvent, NewExpected, Next,
+    Origin, PollNext, PollUpdate, PrunePolicy, PruneReport, Recorded, Store, StoreError, StoreSize,
+    ATTEMPT_HISTORY,
 };
 
 /// The migrations, in order: (version, SQL with `{schema}` placeholders).
-const MIGRATIONS: &[(i32, &str)] = &[(1, include_str!("0001_init.sql"))];
+const MIGRATIONS: &[(i32, &str)] = &[
+    (1, include_str!("0001_init.sql")),
+    (2, include_str!("0002_expected.sql")),
+];
 
 /// The database clock in unix milliseconds (leases are compared with it,
 /// so replicas with skewed clocks still agree on who holds what).
@@ -158,8 +162,10 @@ impl Sql {
             append: format!(
                 "WITH input AS (
                    SELECT * FROM unnest($1::bytea[], $2::text[], $3::bigint[], $4::text[], $5::text[],
-                                        $6::smallint[], $7::jsonb[], $8::bytea[], $9::int[], $10::bigint[])
-                     AS t(id, route, received_ms, source_id, status, origin, headers, body, open_count, ttl_ms)
+                                        $6::smallint[], $7::jsonb[], $8::bytea[], $9::int[], $10::bigint[],
+                                        $17::bool[])
+                     AS t(id, route, received_ms, source_id, status, origin, headers, body, open_count,
+                          ttl_ms, settles)
                  ), ins AS (
                    INSERT INTO {s}.events AS e (id, route, received_ms, source_id, status, origin,
                                                 headers, body, body_len, open_count, done_ms)
@@ -185,6 +191,12 @@ impl Sql {
                    FROM unnest($11::bytea[], $12::text[], $13::text[], $14::bigint[])
                      AS d(event_id, subscriber, route, due_ms)
                    WHERE d.event_id IN (SELECT id FROM ins)
+                 ), settle AS (
+                   UPDATE {s}.expected_tasks t SET state = 2, settled_by = i.origin, status = i.status,
+                     updated_ms = i.received_ms, owner = NULL, lease_until = NULL
+                   FROM input i
+                   WHERE i.settles AND t.route = i.route AND t.id = i.source_id AND t.state IN (0, 1)
+                     AND i.id IN (SELECT id FROM ins)
                  )
                  SELECT id FROM ins"
             ),
@@ -230,10 +242,13 @@ impl Sql {
                  WHERE owner = $1 AND route = $2 AND subscriber = $3 AND event_id = ANY($4) AND state = 0"
             ),
             renew: format!(
-                "UPDATE {s}.deliveries SET lease_until = {NOW_MS} + $2 WHERE owner = $1 AND state = 0"
+                "WITH t AS (UPDATE {s}.expected_tasks SET lease_until = {NOW_MS} + $2
+                            WHERE owner = $1 AND state IN (0, 1))
+                 UPDATE {s}.deliveries SET lease_until = {NOW_MS} + $2 WHERE owner = $1 AND state = 0"
             ),
             release_all: format!(
-                "UPDATE {s}.deliveries SET owner = NULL, lease_until = NULL WHERE owner = $1"
+                "WITH t AS (UPDATE {s}.expected_tasks SET owner = NULL, lease_until = NULL WHERE owner = $1)
+                 UPDATE {s}.deliveries SET owner = NULL, lease_until = NULL WHERE owner = $1"
             ),
             notify: format!("SELECT pg_notify('hookrelay_{s}', 'work')"),
             listen: format!("LISTEN hookrelay_{s}"),
@@ -601,6 +616,7 @@ async fn commit_batch(
         let bodies: Vec<&[u8]> = unique.iter().map(|e| &e.body[..]).collect();
         let open: Vec<i32> = unique.iter().map(|e| e.subscribers.len() as i32).collect();
         let ttls: Vec<i64> = unique.iter().map(|e| db_ms(e.ttl_ms)).collect();
+        let settles: Vec<bool> = unique.iter().map(|e| e.settles).collect();
         let mut d_ids = Vec::new();
         let mut d_subs = Vec::new();
         let mut d_routes = Vec::new();
@@ -633,6 +649,7 @@ async fn commit_batch(
                     &d_due,
                     &inner.owner,
                     &inner.lease_ms,
+                    &settles,
                 ],
             )
             .await
@@ -868,6 +885,48 @@ fn delivery_view(row: &Row) -> Result<DeliveryView, StoreError> {
             .unwrap_or_default(),
     })
 }
+
+fn expected_state_code(s: ExpectedState) -> i16 {
+    match s {
+        ExpectedState::Waiting => 0,
+        ExpectedState::Polling => 1,
+        ExpectedState::Done => 2,
+        ExpectedState::Expired => 3,
+    }
+}
+
+fn expected_state_from(code: i16) -> Result<ExpectedState, StoreError> {
+    Ok(match code {
+        0 => ExpectedState::Waiting,
+        1 => ExpectedState::Polling,
+        2 => ExpectedState::Done,
+        3 => ExpectedState::Expired,
+        _ => {
+            return Err(StoreError::Corrupt(format!(
+                "unknown expected-task state {code}"
+            )))
+        }
+    })
+}
+
+fn expected_task(row: &Row) -> Result<ExpectedTask, StoreError> {
+    Ok(ExpectedTask {
+        route: row.get("route"),
+        id: row.get("id"),
+        endpoint: row.get("endpoint"),
+        submitted_ms: ms(row.get("submitted_ms")),
+        state: expected_state_from(row.get("state"))?,
+        settled_by: row.get::<_, Option<i16>>("settled_by").map(origin_from),
+        status: row.get("status"),
+        polls: row.get::<_, i32>("polls") as u32,
+        next_poll_ms: ms(row.get("next_poll_ms")),
+        updated_ms: ms(row.get("updated_ms")),
+        last_result: row.get("last_result"),
+    })
+}
+
+const EXPECTED_COLUMNS: &str = "route, id, endpoint, submitted_ms, state, settled_by, status, \
+     polls, next_poll_ms, updated_ms, last_result";
 
 const DELIVERY_COLUMNS: &str = "d.event_id, d.subscriber, d.route, d.state, d.attempts, d.due_ms, \
      d.schedule_start_ms, d.updated_ms, d.dead_reason, d.history, e.received_ms";
@@ -1357,6 +1416,17 @@ impl Store for PostgresStore {
             )
             .await
             .map_err(|e| inner.failed(e))? as usize;
+        let tasks = tx
+            .execute(
+                &format!(
+                    "DELETE FROM {s}.expected_tasks WHERE (route, id) IN (
+                       SELECT route, id FROM {s}.expected_tasks
+                       WHERE state IN (2, 3) AND updated_ms < $1 LIMIT $2)"
+                ),
+                &[&cutoff, &limit],
+            )
+            .await
+            .map_err(|e| inner.failed(e))? as usize;
         let key_cutoff = db_ms(policy.now_ms.saturating_sub(policy.ttl_ms));
         let keys = tx
             .execute(
@@ -1375,6 +1445,7 @@ impl Store for PostgresStore {
             keys,
             dead_letters,
             more: details == policy.max_items
+                || tasks == policy.max_items
                 || keys == policy.max_items
                 || dead_letters == policy.max_items,
         })
@@ -1398,6 +1469,175 @@ impl Store for PostgresStore {
             file_bytes: ms(row.get(0)),
             used_bytes: ms(row.get(1)),
         })
+    }
+
+    async fn expect(&self, task: NewExpected) -> Result<(ExpectedTask, bool), StoreError> {
+        let inner = &self.inner;
+        let s = &inner.schema;
+        let client = inner.client().await?;
+        let finals: Vec<&str> = super::FINAL_STATUSES.to_vec();
+        let statement = format!(
+            "WITH prior AS (
+               SELECT e.origin, e.status FROM {s}.events e
+               WHERE e.route = $1 AND e.source_id = $2 AND e.status = ANY($6) AND NOT e.pruned
+               ORDER BY e.seq LIMIT 1
+             ), ins AS (
+               INSERT INTO {s}.expected_tasks (route, id, endpoint, submitted_ms, state, settled_by,
+                                               status, next_poll_ms, updated_ms)
+               SELECT $1, $2, $3, $4, CASE WHEN p.origin IS NULL THEN 0 ELSE 2 END, p.origin,
+                      p.status, $5, $4
+               FROM (SELECT 1) one LEFT JOIN prior p ON true
+               ON CONFLICT (route, id) DO NOTHING
+               RETURNING {EXPECTED_COLUMNS}
+             )
+             SELECT {EXPECTED_COLUMNS}, true AS created FROM ins
+             UNION ALL
+             SELECT {EXPECTED_COLUMNS}, false FROM {s}.expected_tasks
+             WHERE route = $1 AND id = $2 AND NOT EXISTS (SELECT 1 FROM ins)"
+        );
+        for _ in 0..3 {
+            let rows = client
+                .query(
+                    &statement,
+                    &[
+                        &task.route,
+                        &task.id,
+                        &task.endpoint,
+                        &db_ms(task.submitted_ms),
+                        &db_ms(task.first_poll_ms),
+                        &finals,
+                    ],
+                )
+                .await
+                .map_err(|e| inner.failed(e))?;
+            if let Some(row) = rows.first() {
+                return Ok((expected_task(row)?, row.get("created")));
+            }
+            // Inserted by another replica at the same instant: read it again.
+        }
+        Err(StoreError::Unavailable(
+            "the expected task could not be read back".into(),
+        ))
+    }
+
+    async fn expected(&self, query: ExpectedQuery) -> Result<Vec<ExpectedTask>, StoreError> {
+        let inner = &self.inner;
+        let s = &inner.schema;
+        let client = inner.client().await?;
+        let state = query.state.map(expected_state_code);
+        let rows = client
+            .query(
+                &format!(
+                    "SELECT {EXPECTED_COLUMNS} FROM {s}.expected_tasks
+                     WHERE ($1::text IS NULL OR route = $1) AND ($2::smallint IS NULL OR state = $2)
+                     ORDER BY submitted_ms DESC, id DESC LIMIT $3"
+                ),
+                &[&query.route, &state, &(query.limit as i64)],
+            )
+            .await
+            .map_err(|e| inner.failed(e))?;
+        rows.iter().map(expected_task).collect()
+    }
+
+    async fn claim_polls(
+        &self,
+        now_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<ExpectedTask>, StoreError> {
+        let inner = &self.inner;
+        let s = &inner.schema;
+        let client = inner.client().await?;
+        let rows = client
+            .query(
+                &format!(
+                    "WITH picked AS (
+                       SELECT route, id FROM {s}.expected_tasks
+                       WHERE state IN (0, 1) AND next_poll_ms <= $1
+                         AND (owner IS NULL OR lease_until < {NOW_MS})
+                       ORDER BY next_poll_ms LIMIT $2 FOR UPDATE SKIP LOCKED
+                     )
+                     UPDATE {s}.expected_tasks t SET owner = $3, lease_until = {NOW_MS} + $4
+                     FROM picked WHERE t.route = picked.route AND t.id = picked.id
+                     RETURNING t.route, t.id, t.endpoint, t.submitted_ms, t.state, t.settled_by,
+                       t.status, t.polls, t.next_poll_ms, t.updated_ms, t.last_result"
+                ),
+                &[
+                    &db_ms(now_ms),
+                    &(limit as i64),
+                    &inner.owner,
+                    &inner.lease_ms,
+                ],
+            )
+            .await
+            .map_err(|e| inner.failed(e))?;
+        let mut out: Vec<ExpectedTask> =
+            rows.iter().map(expected_task).collect::<Result<_, _>>()?;
+        out.sort_by_key(|t| t.next_poll_ms);
+        Ok(out)
+    }
+
+    async fn record_poll(&self, update: PollUpdate) -> Result<Recorded, StoreError> {
+        let inner = &self.inner;
+        let s = &inner.schema;
+        let client = inner.client().await?;
+        let (state, next, via, status) = match &update.next {
+            PollNext::Again { at_ms } => (1i16, db_ms(*at_ms), None, None),
+            PollNext::Done { status, via } => (2, 0, Some(origin_code(*via)), Some(status.clone())),
+            PollNext::Expired => (3, 0, None, None),
+        };
+        let n = client
+            .execute(
+                &format!(
+                    "UPDATE {s}.expected_tasks SET polls = polls + 1, updated_ms = $3,
+                       last_result = $4, state = $5::smallint,
+                       next_poll_ms = CASE WHEN $5::smallint = 1 THEN $6::bigint ELSE next_poll_ms END,
+                       settled_by = COALESCE($7::smallint, settled_by), status = COALESCE($8::text, status),
+                       owner = NULL, lease_until = NULL
+                     WHERE route = $1 AND id = $2 AND owner = $9 AND state IN (0, 1)"
+                ),
+                &[
+                    &update.route,
+                    &update.id,
+                    &db_ms(update.now_ms),
+                    &update.result,
+                    &state,
+                    &next,
+                    &via,
+                    &status,
+                    &inner.owner,
+                ],
+            )
+            .await
+            .map_err(|e| inner.failed(e))?;
+        Ok(if n > 0 {
+            Recorded::Applied
+        } else {
+            Recorded::Stale
+        })
+    }
+
+    async fn expected_counts(&self) -> Result<Vec<(String, ExpectedState, u64)>, StoreError> {
+        let inner = &self.inner;
+        let client = inner.client().await?;
+        let rows = client
+            .query(
+                &format!(
+                    "SELECT route, state, count(*) FROM {}.expected_tasks GROUP BY route, state",
+                    inner.schema
+                ),
+                &[],
+            )
+            .await
+            .map_err(|e| inner.failed(e))?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.get::<_, String>(0),
+                    expected_state_from(r.get(1))?,
+                    r.get::<_, i64>(2) as u64,
+                ))
+            })
+            .collect()
     }
 
     fn available(&self) -> bool {
