@@ -99,7 +99,12 @@ pub async fn handle(state: Arc<AdminState>, request: Request<Incoming>) -> Respo
     match (request.method(), path.as_str()) {
         (&Method::GET, "/healthz") => json(StatusCode::OK, &serde_json::json!({"status": "ok"})),
         (&Method::GET, "/readyz") => {
-            if state.ready.load(Ordering::SeqCst) {
+            if !state.store.available() {
+                json(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &serde_json::json!({"status": "not ready", "reason": "the store is unavailable"}),
+                )
+            } else if state.ready.load(Ordering::SeqCst) {
                 json(StatusCode::OK, &serde_json::json!({"status": "ready"}))
             } else {
                 json(

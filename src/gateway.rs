@@ -31,6 +31,7 @@ use crate::intake::idempotency::IdempotencyCache;
 use crate::intake::Intake;
 use crate::metrics::Metrics;
 use crate::store::embedded::{EmbeddedOptions, EmbeddedStore};
+use crate::store::postgres::{PostgresOptions, PostgresStore};
 use crate::store::{now_ms, PrunePolicy, Store, StoreError};
 
 /// Why the gateway could not start.
@@ -100,8 +101,46 @@ fn ingress_limits(config: &Config) -> Limits {
     }
 }
 
+/// The PostgreSQL store's settings from a config.
+fn postgres_options(config: &Config, pg: &crate::config::PostgresConfig) -> PostgresOptions {
+    PostgresOptions {
+        url: pg.url.clone(),
+        pool_size: pg.pool_size as usize,
+        schema: pg.schema.clone(),
+        lease: pg.lease,
+        max_batch: config.store.max_batch,
+        observer: None,
+    }
+}
+
+/// Applies the PostgreSQL store's migrations (`hookrelay migrate`); says
+/// what it did.
+pub async fn migrate(config: &Config) -> Result<String, StoreError> {
+    let Some(pg) = &config.store.postgres else {
+        return Ok(
+            "the embedded store has no migrations (a file from an older \
+                   hookrelay is converted when it opens)"
+                .into(),
+        );
+    };
+    let applied = crate::store::postgres::migrate(&postgres_options(config, pg)).await?;
+    Ok(if applied.is_empty() {
+        format!("schema {} is up to date", pg.schema)
+    } else {
+        format!(
+            "schema {}: applied migration(s) {}",
+            pg.schema,
+            applied
+                .iter()
+                .map(|v| v.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    })
+}
+
 /// Opens the store the config names.
-fn open_store(config: &Config, metrics: &Arc<Metrics>) -> Result<Arc<dyn Store>, StoreError> {
+async fn open_store(config: &Config, metrics: &Arc<Metrics>) -> Result<Arc<dyn Store>, StoreError> {
     let observer = {
         let metrics = metrics.clone();
         Arc::new(move |size: usize, took: Duration| {
@@ -109,6 +148,13 @@ fn open_store(config: &Config, metrics: &Arc<Metrics>) -> Result<Arc<dyn Store>,
             metrics.commit_duration.observe(took.as_secs_f64());
         })
     };
+    if let Some(pg) = &config.store.postgres {
+        let options = PostgresOptions {
+            observer: Some(observer),
+            ..postgres_options(config, pg)
+        };
+        return Ok(Arc::new(PostgresStore::open(options).await?));
+    }
     Ok(Arc::new(EmbeddedStore::open(
         &config.store.path,
         EmbeddedOptions {
@@ -145,7 +191,7 @@ impl Gateway {
             })?;
         let ingress_addr = ingress.local_addr().expect("bound socket has an address");
         let admin_addr = admin.local_addr().expect("bound socket has an address");
-        let store = open_store(&config, &metrics)?;
+        let store = open_store(&config, &metrics).await?;
 
         let shutdown = CancellationToken::new();
         let lanes_stop = CancellationToken::new();
@@ -159,6 +205,19 @@ impl Gateway {
             abandon.clone(),
         ));
         dispatcher.sync(&runtime);
+        // Another replica made work claimable: every lane claims now.
+        if let Some(wake) = store.wakeups() {
+            let dispatcher = dispatcher.clone();
+            let stop = lanes_stop.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = wake.notified() => dispatcher.wake_all(),
+                    }
+                }
+            });
+        }
 
         let cache = Arc::new(IdempotencyCache::new(
             millis(config.idempotency.ttl),

@@ -29,6 +29,9 @@ enum Command {
     Run(ConfigArg),
     /// Validate a config file: exit 0, or print every problem and exit 2.
     CheckConfig(ConfigArg),
+    /// Apply the PostgreSQL store's schema migrations (`run` applies them
+    /// too, under the same lock) and exit.
+    Migrate(ConfigArg),
     /// Inspect and replay dead letters through the admin API.
     DeadLetters {
         #[command(subcommand)]
@@ -145,12 +148,27 @@ fn main() -> ExitCode {
             match runtime.block_on(run(config)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
-                    tracing::error!("{e:#}");
                     eprintln!("hookrelay: {e:#}");
                     let invalid = e
                         .downcast_ref::<GatewayError>()
                         .is_some_and(|g| matches!(g, GatewayError::Config(_)));
                     ExitCode::from(if invalid { 2 } else { 1 })
+                }
+            }
+        }
+        Command::Migrate(arg) => {
+            let config = match Config::load(&arg.config) {
+                Ok(c) => c,
+                Err(e) => return config_failure(&arg.config, &e),
+            };
+            match runtime.block_on(hookrelay::gateway::migrate(&config)) {
+                Ok(message) => {
+                    println!("{message}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("hookrelay: {e}");
+                    ExitCode::from(1)
                 }
             }
         }

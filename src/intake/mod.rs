@@ -204,6 +204,11 @@ impl Intake {
         // Commit and hand over to the lanes in a task of its own: if the
         // sender hangs up while we wait, the request future is dropped, but
         // an event that commits must still reach its lanes.
+        if !self.store.available() {
+            // The database is known to be unreachable: answer 503 at once
+            // instead of waiting for a connection to time out.
+            return Err(StoreError::Unavailable("the store is unreachable".into()).into());
+        }
         let store = self.store.clone();
         let dispatcher = self.dispatcher.clone();
         let committed = self.commits.spawn(async move {

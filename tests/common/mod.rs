@@ -3,6 +3,8 @@
 //! that record what they receive and answer as a script says.
 #![allow(dead_code)]
 
+pub mod pg;
+
 use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -357,6 +359,9 @@ pub struct Received {
 
 struct SinkInner {
     received: Mutex<Vec<Received>>,
+    /// (webhook-id, start, end) of every request; the end is set when the
+    /// answer is sent or the client goes away.
+    intervals: Mutex<Vec<(String, Instant, Option<Instant>)>>,
     /// Requests being answered now, and the most at once since the last reset.
     open: Mutex<(usize, usize)>,
     script: Mutex<VecDeque<Reply>>,
@@ -383,6 +388,7 @@ impl Sink {
         let addr = listener.local_addr().unwrap();
         let inner = Arc::new(SinkInner {
             received: Mutex::new(Vec::new()),
+            intervals: Mutex::new(Vec::new()),
             open: Mutex::new((0, 0)),
             script: Mutex::new(VecDeque::new()),
             default: Mutex::new(Reply::Status(200, vec![])),
@@ -440,6 +446,11 @@ impl Sink {
         self.inner.received.lock().unwrap().clone()
     }
 
+    /// When each request (by `webhook-id`) started and ended.
+    pub fn intervals(&self) -> Vec<(String, Instant, Option<Instant>)> {
+        self.inner.intervals.lock().unwrap().clone()
+    }
+
     /// Requests being answered right now.
     pub fn open_now(&self) -> usize {
         self.inner.open.lock().unwrap().0
@@ -486,26 +497,37 @@ impl Sink {
 }
 
 /// Counts a request as open while it lives (also when the client gives up).
-struct OpenRequest(Arc<SinkInner>);
+struct OpenRequest(Arc<SinkInner>, usize);
 
 impl OpenRequest {
-    fn start(state: Arc<SinkInner>) -> Self {
+    fn start(state: Arc<SinkInner>, id: String) -> Self {
         let mut open = state.open.lock().unwrap();
         open.0 += 1;
         open.1 = open.1.max(open.0);
         drop(open);
-        OpenRequest(state)
+        let mut intervals = state.intervals.lock().unwrap();
+        intervals.push((id, Instant::now(), None));
+        let index = intervals.len() - 1;
+        drop(intervals);
+        OpenRequest(state, index)
     }
 }
 
 impl Drop for OpenRequest {
     fn drop(&mut self) {
         self.0.open.lock().unwrap().0 -= 1;
+        self.0.intervals.lock().unwrap()[self.1].2 = Some(Instant::now());
     }
 }
 
 async fn sink_answer(state: Arc<SinkInner>, req: Request<Incoming>) -> Response<Full<Bytes>> {
-    let _open = OpenRequest::start(state.clone());
+    let id = req
+        .headers()
+        .get("webhook-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let _open = OpenRequest::start(state.clone(), id);
     let at = Instant::now();
     let version = req.version();
     let headers = req.headers().clone();

@@ -187,9 +187,14 @@ impl TestSchema {
 
     /// The YAML `store:` block for a gateway on this schema.
     pub fn store_yaml(&self, lease: &str) -> String {
+        self.store_yaml_at(&self.url, lease)
+    }
+
+    /// The same block reaching the server at another URL (a proxy).
+    pub fn store_yaml_at(&self, url: &str, lease: &str) -> String {
         format!(
-            "store:\n  postgres:\n    url: \"{}\"\n    schema: {}\n    pool_size: 8\n    lease: {lease}\n",
-            self.url, self.schema
+            "store:\n  postgres:\n    url: \"{url}\"\n    schema: {}\n    pool_size: 8\n    lease: {lease}\n",
+            self.schema
         )
     }
 }

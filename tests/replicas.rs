@@ -1,0 +1,475 @@
+//! Several replicas on one PostgreSQL database: callbacks taken by any
+//! replica are delivered; the same callback at two replicas at once is one
+//! event; a replica killed with -9 leaves its work to the others after the
+//! lease, never delivering it twice at the same time; the database going
+//! away means 503 (never 2xx) and recovery without a restart; replicas
+//! starting together apply migrations once; a bad URL is one clear error.
+//!
+//! Each test has a schema of its own (tests/common/pg.rs), dropped after.
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::pg::TestSchema;
+use common::*;
+use http::StatusCode;
+
+const TOKEN: &str = "replica-token";
+
+/// A replica's config file, on the test schema.
+fn replica_config(dir: &Path, name: &str, db: &TestSchema, lease: &str, subs: &str) -> PathBuf {
+    let text = format!(
+        r#"server:
+  listen: "127.0.0.1:0"
+admin:
+  listen: "127.0.0.1:0"
+  token: admin-token
+{store}shutdown_grace: 2s
+log:
+  format: json
+  level: info
+defaults:
+  timeout: 2s
+  retry: {{ initial_interval: 100ms, max_interval: 1s, max_elapsed: 10m, jitter: 0.0 }}
+routes:
+  - name: muapi
+    path: /hooks/muapi
+    source: muapi
+    auth: {{ tokens: ["{TOKEN}"] }}
+    subscribers:
+{subs}"#,
+        store = db.store_yaml(lease)
+    );
+    let path = dir.join(format!("{name}.yaml"));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn subs(sinks: &[(&str, &Sink)]) -> String {
+    sinks
+        .iter()
+        .map(|(name, sink)| format!("      - name: {name}\n        url: {}\n", sink.url("/x")))
+        .collect()
+}
+
+/// The webhook-ids a sink received, with how often.
+fn received_ids(sink: &Sink) -> HashMap<String, usize> {
+    let mut out = HashMap::new();
+    for r in sink.received() {
+        *out.entry(r.headers["webhook-id"].to_str().unwrap().to_string())
+            .or_default() += 1;
+    }
+    out
+}
+
+#[tokio::test]
+async fn two_replicas_share_the_work_and_a_simultaneous_duplicate_is_one_event() {
+    let db = TestSchema::new();
+    let dir = tempfile::tempdir().unwrap();
+    let app = Sink::start().await;
+    let analytics = Sink::start().await;
+    let subs = subs(&[("app", &app), ("analytics", &analytics)]);
+    let a = spawn(&replica_config(dir.path(), "a", &db, "5s", &subs)).await;
+    let b = spawn(&replica_config(dir.path(), "b", &db, "5s", &subs)).await;
+    let clients = [TestClient::plain(a.ingress), TestClient::plain(b.ingress)];
+
+    let mut accepted = HashSet::new();
+    for i in 0..300 {
+        let answer = clients[i % 2]
+            .post(
+                "/hooks/muapi",
+                TOKEN,
+                &muapi_body(&format!("spread-{i}"), "completed"),
+            )
+            .await;
+        assert_eq!(answer.status, StatusCode::OK, "{:?}", answer.body);
+        assert_eq!(answer.body["status"], "accepted");
+        accepted.insert(answer.body["event_id"].as_str().unwrap().to_string());
+    }
+    for (name, sink) in [("app", &app), ("analytics", &analytics)] {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let got = received_ids(sink);
+            let missing = accepted.iter().filter(|id| !got.contains_key(*id)).count();
+            if missing == 0 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{missing} callbacks never reached {name}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    // The same callback at both replicas at the same instant.
+    let body = muapi_body("both-at-once", "completed");
+    let (one, two) = tokio::join!(
+        clients[0].post("/hooks/muapi", TOKEN, &body),
+        clients[1].post("/hooks/muapi", TOKEN, &body)
+    );
+    let mut statuses = vec![
+        one.body["status"].as_str().unwrap().to_string(),
+        two.body["status"].as_str().unwrap().to_string(),
+    ];
+    statuses.sort();
+    assert_eq!(statuses, vec!["accepted", "duplicate"]);
+    assert_eq!(one.body["event_id"], two.body["event_id"]);
+    let id = one.body["event_id"].as_str().unwrap().to_string();
+    eventually(
+        Duration::from_secs(10),
+        "the duplicate's one delivery",
+        || received_ids(&app).get(&id) == Some(&1),
+    )
+    .await;
+    // Any replica's admin API sees the shared store.
+    let admin_b = TestClient::plain(b.admin);
+    let view = admin_b
+        .send(
+            "GET",
+            &format!("/api/v1/events/{id}"),
+            &[("authorization", "Bearer admin-token")],
+            "",
+        )
+        .await;
+    assert_eq!(view.status, StatusCode::OK);
+    assert_eq!(view.body["deliveries"].as_array().unwrap().len(), 2);
+    assert_eq!(received_ids(&app).get(&id), Some(&1), "delivered once");
+}
+
+#[tokio::test]
+async fn a_killed_replicas_deliveries_go_to_the_other_after_the_lease() {
+    let db = TestSchema::new();
+    let dir = tempfile::tempdir().unwrap();
+    // A slow subscriber: attempts are in flight when the replica dies.
+    let slow = Sink::start().await;
+    slow.set_default(Reply::Delay(200, Duration::from_millis(1500)));
+    let subs = subs(&[("app", &slow)]);
+    // Lease 3s, longer than the 2s attempt timeout.
+    let mut a = spawn(&replica_config(dir.path(), "a", &db, "3s", &subs)).await;
+    let b = spawn(&replica_config(dir.path(), "b", &db, "3s", &subs)).await;
+    let client = TestClient::plain(a.ingress);
+    let mut acked = HashSet::new();
+    for i in 0..20 {
+        let answer = client
+            .post(
+                "/hooks/muapi",
+                TOKEN,
+                &muapi_body(&format!("crash-{i}"), "completed"),
+            )
+            .await;
+        assert_eq!(answer.status, StatusCode::OK);
+        acked.insert(answer.body["event_id"].as_str().unwrap().to_string());
+    }
+    eventually(
+        Duration::from_secs(10),
+        "attempts in flight at the doomed replica",
+        || slow.open_now() > 0,
+    )
+    .await;
+    let killed_at = Instant::now();
+    a.child.start_kill().unwrap();
+    let _ = a.child.wait().await;
+
+    // Replica B delivers everything A acknowledged: the shared store says
+    // delivered for each (a request the sink saw whose answer A never
+    // recorded does not count).
+    let admin_b = TestClient::plain(b.admin);
+    for id in &acked {
+        admin_b
+            .get_until(
+                &format!("/api/v1/events/{id}"),
+                Some("admin-token"),
+                Duration::from_secs(60),
+                "every acknowledged callback to be delivered",
+                |v| v["deliveries"][0]["state"] == "delivered",
+            )
+            .await;
+    }
+    eventually(
+        Duration::from_secs(10),
+        "the sink to finish its answers",
+        || slow.open_now() == 0,
+    )
+    .await;
+    // Never two attempts of one delivery at the same time.
+    let mut by_id: HashMap<String, Vec<(Instant, Instant)>> = HashMap::new();
+    for (id, start, end) in slow.intervals() {
+        by_id
+            .entry(id)
+            .or_default()
+            .push((start, end.expect("all finished")));
+    }
+    let mut retaken = 0;
+    for (id, mut spans) in by_id {
+        spans.sort();
+        for pair in spans.windows(2) {
+            assert!(
+                pair[1].0 >= pair[0].1,
+                "{id} was attempted twice at the same time"
+            );
+            if pair[1].0 > killed_at {
+                retaken += 1;
+            }
+        }
+    }
+    println!("{retaken} deliveries re-attempted by the surviving replica");
+    assert!(retaken > 0, "the surviving replica never took over");
+    assert!(b.log_text().contains("hookrelay listening"));
+}
+
+/// A TCP proxy in front of PostgreSQL that the test can cut and restore.
+struct Proxy {
+    addr: SocketAddr,
+    up: Arc<Mutex<bool>>,
+    cut: Arc<tokio::sync::Notify>,
+}
+
+impl Proxy {
+    async fn start(target: SocketAddr) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let up = Arc::new(Mutex::new(true));
+        let cut = Arc::new(tokio::sync::Notify::new());
+        let (up2, cut2) = (up.clone(), cut.clone());
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if !*up2.lock().unwrap() {
+                    continue; // refused: dropped at once
+                }
+                let cut = cut2.clone();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = cut.notified() => {}
+                    }
+                });
+            }
+        });
+        Self { addr, up, cut }
+    }
+
+    fn cut(&self) {
+        *self.up.lock().unwrap() = false;
+        self.cut.notify_waiters();
+    }
+
+    fn restore(&self) {
+        *self.up.lock().unwrap() = true;
+    }
+}
+
+#[tokio::test]
+async fn losing_the_database_means_503_then_recovery_without_a_restart() {
+    let db = TestSchema::new();
+    let server: SocketAddr = {
+        let url = &db.url;
+        let hostport = url
+            .split('@')
+            .nth(1)
+            .unwrap()
+            .split('/')
+            .next()
+            .unwrap()
+            .to_string();
+        tokio::net::lookup_host(hostport)
+            .await
+            .unwrap()
+            .next()
+            .unwrap()
+    };
+    let proxy = Proxy::start(server).await;
+    let proxied_url = db.url.replace(&server.to_string(), &proxy.addr.to_string());
+    let slow = Sink::start().await;
+    slow.set_default(Reply::Delay(200, Duration::from_millis(800)));
+    let yaml = format!(
+        r#"
+server:
+  listen: "127.0.0.1:0"
+admin:
+  listen: "127.0.0.1:0"
+  token: admin-token
+{store}defaults:
+  timeout: 5s
+routes:
+  - name: muapi
+    path: /hooks/muapi
+    source: muapi
+    auth: {{ tokens: ["{TOKEN}"] }}
+    subscribers:
+      - name: app
+        url: {url}
+"#,
+        store = db.store_yaml_at(&proxied_url, "10s"),
+        url = slow.url("/x")
+    );
+    let gw = hookrelay::Gateway::start(hookrelay::Config::from_yaml(&yaml, &|_| None).unwrap())
+        .await
+        .unwrap();
+    let client = TestClient::plain(gw.ingress_addr);
+    let admin = TestClient::plain(gw.admin_addr);
+    let first = client
+        .post(
+            "/hooks/muapi",
+            TOKEN,
+            &muapi_body("before-outage", "completed"),
+        )
+        .await;
+    assert_eq!(first.body["status"], "accepted");
+    let first_id = first.body["event_id"].as_str().unwrap().to_string();
+    // Its attempt is in flight when the database goes away.
+    eventually(Duration::from_secs(10), "the attempt in flight", || {
+        slow.open_now() == 1
+    })
+    .await;
+    proxy.cut();
+    // Ingress answers 503 with Retry-After, never 2xx; readiness turns 503.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let answer = client
+            .post(
+                "/hooks/muapi",
+                TOKEN,
+                &muapi_body("during-outage", "completed"),
+            )
+            .await;
+        assert_ne!(answer.status, StatusCode::OK, "a 2xx without a database");
+        if answer.status == StatusCode::SERVICE_UNAVAILABLE {
+            assert!(answer.headers.contains_key("retry-after"));
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no 503 while the database is gone"
+        );
+    }
+    admin
+        .get_until(
+            "/readyz",
+            None,
+            Duration::from_secs(10),
+            "/readyz to turn 503",
+            |v| v["status"] == "not ready",
+        )
+        .await;
+    // The attempt finished meanwhile (200): its result waits for the database.
+    eventually(
+        Duration::from_secs(10),
+        "the in-flight attempt to end",
+        || slow.open_now() == 0,
+    )
+    .await;
+    proxy.restore();
+    admin
+        .get_until(
+            "/readyz",
+            None,
+            Duration::from_secs(20),
+            "/readyz to recover",
+            |v| v["status"] == "ready",
+        )
+        .await;
+    let after = client
+        .post(
+            "/hooks/muapi",
+            TOKEN,
+            &muapi_body("after-outage", "completed"),
+        )
+        .await;
+    assert_eq!(after.body["status"], "accepted");
+    slow.wait_for(2, Duration::from_secs(20)).await;
+    // The result recorded after the outage: delivered once, not again.
+    let view = admin
+        .get_until(
+            &format!("/api/v1/events/{first_id}"),
+            Some("admin-token"),
+            Duration::from_secs(20),
+            "the first delivery's result to be recorded",
+            |v| v["deliveries"][0]["state"] == "delivered",
+        )
+        .await;
+    assert_eq!(view["deliveries"][0]["attempts"], 1);
+    assert_eq!(received_ids(&slow).get(&first_id), Some(&1));
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn replicas_starting_together_apply_each_migration_once() {
+    use hookrelay::store::postgres::{migrate, PostgresOptions};
+    let db = TestSchema::new();
+    let options = PostgresOptions {
+        url: db.url.clone(),
+        pool_size: 2,
+        schema: db.schema.clone(),
+        lease: Duration::from_secs(30),
+        max_batch: 16,
+        observer: None,
+    };
+    let (one, two, three) = tokio::join!(migrate(&options), migrate(&options), migrate(&options));
+    let runs = vec![one, two, three];
+    let mut applied: Vec<i32> = runs.into_iter().flat_map(|r| r.unwrap()).collect();
+    applied.sort();
+    assert_eq!(applied, vec![1, 2], "each migration applied exactly once");
+}
+
+#[tokio::test]
+async fn an_unreachable_database_at_start_is_one_clear_error_and_exit_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = Sink::start().await;
+    let db = TestSchema {
+        url: "postgres://hookrelay:s3cret-password@127.0.0.1:1/nowhere?sslmode=disable".into(),
+        schema: "unused".into(),
+    };
+    let config = replica_config(dir.path(), "bad", &db, "30s", &subs(&[("app", &sink)]));
+    let out = tokio::process::Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(&config)
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let plain: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("hookrelay:"))
+        .collect();
+    assert_eq!(plain.len(), 1, "{stderr}");
+    assert!(plain[0].contains("PostgreSQL"), "{stderr}");
+    assert!(
+        !stderr.contains("s3cret-password"),
+        "the password leaked: {stderr}"
+    );
+    // A database that does not exist says so, too.
+    let real = TestSchema::new();
+    let missing = TestSchema {
+        url: real
+            .url
+            .replace("/test?", "/no_such_database?")
+            .replace("/postgres?", "/no_such_database?"),
+        schema: "unused".into(),
+    };
+    let config = replica_config(
+        dir.path(),
+        "missing",
+        &missing,
+        "30s",
+        &subs(&[("app", &sink)]),
+    );
+    let out = tokio::process::Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(&config)
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("no_such_database"), "{stderr}");
+}
