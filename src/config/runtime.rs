@@ -218,6 +218,10 @@ pub struct MuapiSettings {
     pub give_up_after: Duration,
     /// Poll requests in flight at once for this route (1..=256).
     pub max_polls_in_flight: u32,
+    /// The full callback URL handed to muapi: `public_url` with the
+    /// route's first token as `?token=` (percent-encoded). Secret: it holds
+    /// the token (`Debug` redacts it).
+    pub callback_url: String,
 }
 
 impl std::fmt::Debug for MuapiSettings {
@@ -231,13 +235,16 @@ impl std::fmt::Debug for MuapiSettings {
             .field("poll_max_interval", &self.poll_max_interval)
             .field("give_up_after", &self.give_up_after)
             .field("max_polls_in_flight", &self.max_polls_in_flight)
+            .field("callback_url", &"<redacted>")
             .finish()
     }
 }
 
 impl MuapiSettings {
-    fn compile(m: &MuapiConfig) -> MuapiSettings {
+    fn compile(m: &MuapiConfig, token: &str) -> MuapiSettings {
+        let token: String = form_urlencoded::byte_serialize(token.as_bytes()).collect();
         MuapiSettings {
+            callback_url: format!("{}?token={token}", m.public_url),
             api_key: m.api_key.clone(),
             base_url: parse_http_url_without_query(&m.base_url).expect("validated"),
             public_url: parse_http_url_without_query(&m.public_url).expect("validated"),
@@ -322,7 +329,11 @@ impl Config {
                     .and_then(|k| KeySpec::parse(k).ok()),
                 needs_json,
                 subscribers,
-                muapi: route.muapi.as_ref().map(MuapiSettings::compile),
+                muapi: route.muapi.as_ref().map(|m| {
+                    // Validated: a route with `muapi:` has at least one token.
+                    let token = route.auth.tokens.first().map_or("", |t| t.as_str());
+                    MuapiSettings::compile(m, token)
+                }),
             };
             routes.insert(route.path.clone(), Arc::new(compiled));
         }
