@@ -32,6 +32,9 @@ enum Command {
     /// Apply the PostgreSQL store's schema migrations (`run` applies them
     /// too, under the same lock) and exit.
     Migrate(ConfigArg),
+    /// Shrink the embedded store's file after a burst (offline: stop the
+    /// gateway first).
+    Compact(ConfigArg),
     /// Inspect and replay dead letters through the admin API.
     DeadLetters {
         #[command(subcommand)]
@@ -164,6 +167,41 @@ fn main() -> ExitCode {
             match runtime.block_on(hookrelay::gateway::migrate(&config)) {
                 Ok(message) => {
                     println!("{message}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("hookrelay: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+        Command::Compact(arg) => {
+            let config = match Config::load(&arg.config) {
+                Ok(c) => c,
+                Err(e) => return config_failure(&arg.config, &e),
+            };
+            if config.store.postgres.is_some() {
+                println!(
+                    "the PostgreSQL store reuses freed space through autovacuum; to give it \
+                     back to the disk, run VACUUM FULL (or pg_repack) on the schema's tables \
+                     in a maintenance window"
+                );
+                return ExitCode::SUCCESS;
+            }
+            let mib = |n: u64| n as f64 / (1024.0 * 1024.0);
+            match hookrelay::store::embedded::compact(&config.store.path, config.store.cache_bytes)
+            {
+                Ok((before, after)) => {
+                    println!(
+                        "{}: {:.1} MiB -> {:.1} MiB",
+                        config
+                            .store
+                            .path
+                            .join(hookrelay::store::embedded::FILE_NAME)
+                            .display(),
+                        mib(before),
+                        mib(after)
+                    );
                     ExitCode::SUCCESS
                 }
                 Err(e) => {

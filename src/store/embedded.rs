@@ -36,7 +36,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use tokio::sync::{mpsc, oneshot};
 
 use super::codec::{self, DeliveryRecord, EventRecord, KeyRecord};
@@ -1571,6 +1571,66 @@ impl<'t> Tables<'t> {
         self.meta.insert(SWEEP_SLICE, slice).map_err(backend)?;
         self.meta.insert(SWEEP_AT, policy.now_ms).map_err(backend)?;
         Ok(report)
+    }
+}
+
+/// Shrinks the store file offline (`hookrelay compact`): moves live pages
+/// to the front and truncates the free space at the end. Returns the file
+/// size before and after. Refused while a gateway has the store open.
+pub fn compact(dir: &Path, cache_bytes: usize) -> Result<(u64, u64), StoreError> {
+    let path = dir.join(FILE_NAME);
+    if !path.exists() {
+        return Err(StoreError::Backend(format!(
+            "no store at {} (nothing to compact)",
+            path.display()
+        )));
+    }
+    let size = || std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+    let before = size();
+    let mut db = open_or_convert(&path, cache_bytes)?;
+    while db.compact().map_err(backend)? {}
+    db.close().map_err(backend)?;
+    Ok((before, size()))
+}
+
+/// Bytes each table holds, for measuring what a callback costs.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TableBytes {
+    /// Table name.
+    pub table: String,
+    /// Entries.
+    pub entries: u64,
+    /// Bytes of keys and values.
+    pub stored: u64,
+    /// Bytes of branch pages and other metadata.
+    pub metadata: u64,
+    /// Unused bytes inside the table's pages.
+    pub fragmented: u64,
+}
+
+impl EmbeddedStore {
+    /// What each table holds (a read transaction; cheap enough for a
+    /// benchmark, not meant for every scrape).
+    pub async fn table_bytes(&self) -> Result<Vec<TableBytes>, StoreError> {
+        self.read(|_, txn| {
+            let mut out = Vec::new();
+            macro_rules! stats {
+                ($($def:expr),*) => {$(
+                    let table = txn.open_table($def).map_err(backend)?;
+                    let st = table.stats().map_err(backend)?;
+                    out.push(TableBytes {
+                        table: redb::TableHandle::name(&$def).to_string(),
+                        entries: table.len().map_err(backend)?,
+                        stored: st.stored_bytes(),
+                        metadata: st.metadata_bytes(),
+                        fragmented: st.fragmented_bytes(),
+                    });
+                )*};
+            }
+            stats!(KEYS, EVENTS, DUE, DEAD, DONE, SOURCES, COUNTS, NAMES, META);
+            Ok(out)
+        })
+        .await
     }
 }
 
