@@ -263,6 +263,12 @@ async fn api(
                     break;
                 }
             }
+            // They ended dead: counted like any delivery that died.
+            state
+                .metrics
+                .deliveries
+                .with_label_values(&[&body.route, &body.subscriber, "dead"])
+                .inc_by(total as u64);
             Ok(json(
                 StatusCode::OK,
                 &serde_json::json!({ "dead_lettered": total }),

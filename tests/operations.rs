@@ -760,6 +760,26 @@ async fn removed_subscriber_leaves_its_pending_deliveries_as_orphans_until_resol
     assert_eq!(resolved.status, StatusCode::OK);
     assert_eq!(resolved.body["dead_lettered"], 1);
     let letters = wait_dead(&admin, 1).await;
+    let (_, m) = scrape(&admin).await;
+    let doomed_labels = [("route", "muapi"), ("subscriber", "doomed")];
+    assert_eq!(sample(&m, "hookrelay_dead_letters", &doomed_labels), 1.0);
+    assert_eq!(
+        sample(&m, "hookrelay_deliveries_orphaned", &doomed_labels),
+        0.0
+    );
+    assert_eq!(
+        sample(
+            &m,
+            "hookrelay_deliveries_total",
+            &[
+                ("route", "muapi"),
+                ("subscriber", "doomed"),
+                ("outcome", "dead")
+            ]
+        ),
+        1.0,
+        "a delivery that died is counted as dead"
+    );
     let letter = &letters["dead_letters"][0];
     assert_eq!(letter["subscriber"], "doomed");
     assert!(

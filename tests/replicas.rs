@@ -398,6 +398,23 @@ routes:
         .await;
     assert_eq!(view["deliveries"][0]["attempts"], 1);
     assert_eq!(received_ids(&slow).get(&first_id), Some(&1));
+    // Counted once, when its result was written (not when it failed to be).
+    eventually(Duration::from_secs(10), "the second delivery", || {
+        received_ids(&slow).len() == 2
+    })
+    .await;
+    let page = String::from_utf8(admin.send_raw("GET", "/metrics").await).unwrap();
+    let delivered = page
+        .lines()
+        .find(|l| {
+            l.starts_with("hookrelay_deliveries_total{") && l.contains(r#"outcome="delivered""#)
+        })
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        delivered.ends_with(" 2") || delivered.ends_with(" 1"),
+        "{delivered}"
+    );
     gw.shutdown().await;
 }
 
