@@ -81,6 +81,7 @@ impl AdminState {
             }
             Err(e) => tracing::warn!(error = %e, "cannot read delivery counts from the store"),
         }
+        crate::reconcile::Reconciler::refresh_gauges(&*self.store, &self.metrics).await;
         match self.store.size().await {
             Ok(size) => {
                 let gauge = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
@@ -268,6 +269,41 @@ async fn api(
             ))
         }
         (_, ["orphans", "resolve"]) => Err(ApiError::MethodNotAllowed("POST")),
+        (Method::POST, ["expected"]) => {
+            let body = read_json::<ExpectBody>(request).await?;
+            let runtime = state.runtime.load_full();
+            let Some(route) = runtime.route_named(&body.route).cloned() else {
+                return Err(ApiError::NotFound(format!("no route {}", body.route)));
+            };
+            let Some(settings) = route.muapi.as_ref() else {
+                return Err(ApiError::BadRequest(format!(
+                    "route {} has no `muapi:` block: its results are not reconciled",
+                    body.route
+                )));
+            };
+            if body.id.is_empty() || body.id.len() > 256 {
+                return Err(ApiError::BadRequest(
+                    "id must be the task's request_id (1 to 256 characters)".into(),
+                ));
+            }
+            let endpoint = body.endpoint.unwrap_or_default();
+            let (task, created) =
+                crate::reconcile::expect(&*state.store, &route, settings, &body.id, &endpoint)
+                    .await?;
+            Ok(json(
+                StatusCode::OK,
+                &serde_json::json!({ "task": task, "created": created }),
+            ))
+        }
+        (Method::GET, ["expected"]) => {
+            let query = expected_query(&query)?;
+            let tasks = state.store.expected(query).await?;
+            Ok(json(
+                StatusCode::OK,
+                &serde_json::json!({ "expected": tasks }),
+            ))
+        }
+        (_, ["expected"]) => Err(ApiError::MethodNotAllowed("GET, POST")),
         (Method::POST, ["reload"]) => {
             (state.reload)().await.map_err(ApiError::Reload)?;
             Ok(json(
@@ -406,6 +442,14 @@ impl SelectorBody {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct ExpectBody {
+    route: String,
+    id: String,
+    endpoint: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct OrphanBody {
     route: String,
     subscriber: String,
@@ -486,6 +530,31 @@ fn event_query(query: &str) -> Result<EventQuery, ApiError> {
             _ => {
                 return Err(ApiError::BadRequest(
                     "unknown parameter (use route, source_id, before, limit)".into(),
+                ))
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn expected_query(query: &str) -> Result<crate::store::ExpectedQuery, ApiError> {
+    let mut out = crate::store::ExpectedQuery {
+        limit: 100,
+        ..Default::default()
+    };
+    for (key, value) in pairs(query) {
+        match key.as_str() {
+            "route" if !value.is_empty() => out.route = Some(value),
+            "state" if !value.is_empty() => {
+                out.state = Some(crate::store::ExpectedState::parse(&value).ok_or_else(|| {
+                    ApiError::BadRequest("state must be waiting, polling, done or expired".into())
+                })?)
+            }
+            "limit" => out.limit = limit(&value)?,
+            "route" | "state" => {}
+            _ => {
+                return Err(ApiError::BadRequest(
+                    "unknown parameter (use route, state, limit)".into(),
                 ))
             }
         }

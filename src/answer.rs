@@ -43,6 +43,9 @@ pub enum Rejection {
     /// `server.max_unauthenticated_body_bytes[_per_connection]` allow.
     #[error("too many unauthenticated request bodies in progress; retry later")]
     Busy,
+    /// The submit proxy could not reach muapi.
+    #[error("{0}")]
+    BadGateway(String),
 }
 
 impl Rejection {
@@ -58,6 +61,7 @@ impl Rejection {
             Rejection::Invalid(_) => "invalid",
             Rejection::Unavailable => "unavailable",
             Rejection::Busy => "busy",
+            Rejection::BadGateway(_) => "upstream_unavailable",
         }
     }
 
@@ -71,6 +75,7 @@ impl Rejection {
             Rejection::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             Rejection::Invalid(_) => StatusCode::BAD_REQUEST,
             Rejection::Unavailable | Rejection::Busy => StatusCode::SERVICE_UNAVAILABLE,
+            Rejection::BadGateway(_) => StatusCode::BAD_GATEWAY,
         }
     }
 

@@ -30,6 +30,7 @@ use crate::ingress::tls::{self, TlsError};
 use crate::intake::idempotency::IdempotencyCache;
 use crate::intake::Intake;
 use crate::metrics::Metrics;
+use crate::reconcile::Reconciler;
 use crate::store::embedded::{EmbeddedOptions, EmbeddedStore};
 use crate::store::postgres::{PostgresOptions, PostgresStore};
 use crate::store::{now_ms, PrunePolicy, Store, StoreError};
@@ -245,6 +246,8 @@ impl Gateway {
             runtime: shared.runtime.clone(),
             intake: intake.clone(),
             metrics: metrics.clone(),
+            store: store.clone(),
+            muapi: crate::reconcile::MuapiClient::new(),
         });
         let ingress_handler: listener::Handler = Arc::new(move |peer, request| {
             Box::pin(crate::ingress::service::handle(
@@ -299,6 +302,18 @@ impl Gateway {
             admin_stop.clone(),
         ));
         let pruner = tokio::spawn(prune_loop(shared.clone(), lanes_stop.clone()));
+        // Polls of late results feed the intake: they stop with the ingress.
+        let reconcile_stop = CancellationToken::new();
+        let polls = TaskTracker::new();
+        let reconciler = tokio::spawn(
+            Reconciler::new(
+                store.clone(),
+                intake.clone(),
+                shared.runtime.clone(),
+                metrics.clone(),
+            )
+            .run(reconcile_stop.clone(), polls.clone()),
+        );
 
         shared.ready.store(true, Ordering::SeqCst);
         tracing::info!(
@@ -320,6 +335,15 @@ impl Gateway {
             shared.ready.store(false, Ordering::SeqCst);
             tracing::info!("shutting down: draining open requests");
             let _ = ingress_task.await;
+            reconcile_stop.cancel();
+            let _ = reconciler.await;
+            polls.close();
+            if tokio::time::timeout_at(deadline, polls.wait())
+                .await
+                .is_err()
+            {
+                tracing::warn!("result polls still running after shutdown_grace; they run again after the restart");
+            }
             // Requests are gone; their commits finish and hand over (a
             // delivery that finds no lane stays pending in the store).
             shared.intake.drain().await;

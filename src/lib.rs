@@ -20,6 +20,7 @@ pub mod ingress;
 pub mod intake;
 pub mod metrics;
 pub mod pem;
+pub mod reconcile;
 pub mod signing;
 pub mod sink;
 pub mod store;

@@ -19,6 +19,18 @@ pub const ATTEMPT_CLASSES: [&str; 7] = [
     "error",
 ];
 
+/// Poll results (the `result` label of `reconcile_polls_total`).
+pub const POLL_RESULTS: [&str; 8] = [
+    "completed",
+    "failed",
+    "cancelled",
+    "pending",
+    "throttled",
+    "unauthorized",
+    "not_found",
+    "error",
+];
+
 /// One subscriber's metric handles, resolved once per lane so an attempt
 /// never hashes label values.
 #[derive(Clone)]
@@ -81,6 +93,14 @@ pub struct Metrics {
     pub commit_batch: Histogram,
     /// `config_reloads_total{result}`.
     pub reloads: IntCounterVec,
+    /// `expected_tasks{route,state}`: tasks whose result is expected, read
+    /// from the store.
+    pub expected_tasks: IntGaugeVec,
+    /// `reconciled_total{route,status}`: results fetched by polling and
+    /// delivered because their callback never came.
+    pub reconciled: IntCounterVec,
+    /// `reconcile_polls_total{route,result}`: polls of the result API.
+    pub reconcile_polls: IntCounterVec,
 }
 
 fn name(n: &str) -> String {
@@ -202,6 +222,21 @@ impl Metrics {
             "Config reloads by result (ok, error)",
             &["result"],
         );
+        let expected_tasks = gauge(
+            "expected_tasks",
+            "Tasks whose result is expected, by state (waiting, polling, done, expired)",
+            &["route", "state"],
+        );
+        let reconciled = counter(
+            "reconciled_total",
+            "Results fetched from the provider's result API because no callback came, by status",
+            &["route", "status"],
+        );
+        let reconcile_polls = counter(
+            "reconcile_polls_total",
+            "Polls of the provider's result API, by result",
+            &["route", "result"],
+        );
         #[cfg(target_os = "linux")]
         {
             let process = prometheus::process_collector::ProcessCollector::for_self();
@@ -224,6 +259,9 @@ impl Metrics {
             commit_duration,
             commit_batch,
             reloads,
+            expected_tasks,
+            reconciled,
+            reconcile_polls,
         }
     }
 
@@ -276,6 +314,18 @@ impl Metrics {
         }
         for kind in ["file", "used"] {
             self.store_bytes.with_label_values(&[kind]);
+        }
+        for (route, _) in runtime.muapi_routes() {
+            let name: &str = &route.name;
+            for state in crate::store::ExpectedState::ALL {
+                self.expected_tasks.with_label_values(&[name, state.name()]);
+            }
+            for status in crate::store::FINAL_STATUSES {
+                self.reconciled.with_label_values(&[name, status]);
+            }
+            for result in POLL_RESULTS {
+                self.reconcile_polls.with_label_values(&[name, result]);
+            }
         }
     }
 

@@ -91,15 +91,40 @@ impl RetryPolicy {
     /// (from a 429/503) as a floor, capped by `max_interval` as well.
     /// `unit` in [0,1) draws the jitter.
     ///
-    /// Computed in closed form with saturating arithmetic: it never panics
-    /// and never exceeds `max_interval`, whatever the settings (even ones
-    /// validation would refuse) and however many attempts were made.
+    /// The exponential base comes from `backon`'s exponential builder (the
+    /// schedule library this project uses); it is asked for at most the
+    /// number of steps it takes to reach `max_interval` (later steps stay
+    /// at the cap), with inputs held to the validated ranges, so it never
+    /// overflows or loops for long, whatever the settings and however many
+    /// attempts were made. Jitter and `Retry-After` are applied with
+    /// saturating arithmetic.
     pub fn delay(&self, attempts_done: u32, retry_after: Option<Duration>, unit: f64) -> Duration {
         let c = &self.config;
-        let cap = c.max_interval;
-        let exponent = i32::try_from(attempts_done.saturating_sub(1)).unwrap_or(i32::MAX);
-        let growth = c.multiplier.max(1.0).powi(exponent);
-        let base = scale(c.initial_interval, growth, cap);
+        let cap = c.max_interval.min(super::duration::MAX);
+        let initial = c.initial_interval.min(cap);
+        let factor = if c.multiplier.is_finite() {
+            c.multiplier.clamp(1.0, 100.0)
+        } else {
+            1.0
+        };
+        // Steps until the cap: beyond them every delay is the cap.
+        let steps_to_cap = if factor <= 1.0 || initial.is_zero() {
+            0
+        } else {
+            let ratio = cap.as_secs_f64() / initial.as_secs_f64();
+            (ratio.ln() / factor.ln()).ceil().clamp(0.0, 64.0) as usize
+        };
+        let step = (attempts_done.saturating_sub(1) as usize).min(steps_to_cap);
+        use backon::BackoffBuilder;
+        let base = backon::ExponentialBuilder::default()
+            .with_min_delay(initial)
+            .with_factor(factor as f32)
+            .with_max_delay(cap)
+            .without_max_times()
+            .build()
+            .nth(step)
+            .unwrap_or(cap)
+            .min(cap);
         let jitter = if c.jitter.is_finite() {
             c.jitter.clamp(0.0, 1.0)
         } else {
@@ -218,6 +243,10 @@ pub struct MuapiSettings {
     pub give_up_after: Duration,
     /// Poll requests in flight at once for this route (1..=256).
     pub max_polls_in_flight: u32,
+    /// The full callback URL handed to muapi: `public_url` with the
+    /// route's first token as `?token=` (percent-encoded). Secret: it holds
+    /// the token (`Debug` redacts it).
+    pub callback_url: String,
 }
 
 impl std::fmt::Debug for MuapiSettings {
@@ -231,13 +260,16 @@ impl std::fmt::Debug for MuapiSettings {
             .field("poll_max_interval", &self.poll_max_interval)
             .field("give_up_after", &self.give_up_after)
             .field("max_polls_in_flight", &self.max_polls_in_flight)
+            .field("callback_url", &"<redacted>")
             .finish()
     }
 }
 
 impl MuapiSettings {
-    fn compile(m: &MuapiConfig) -> MuapiSettings {
+    fn compile(m: &MuapiConfig, token: &str) -> MuapiSettings {
+        let token: String = form_urlencoded::byte_serialize(token.as_bytes()).collect();
         MuapiSettings {
+            callback_url: format!("{}?token={token}", m.public_url),
             api_key: m.api_key.clone(),
             base_url: parse_http_url_without_query(&m.base_url).expect("validated"),
             public_url: parse_http_url_without_query(&m.public_url).expect("validated"),
@@ -322,7 +354,11 @@ impl Config {
                     .and_then(|k| KeySpec::parse(k).ok()),
                 needs_json,
                 subscribers,
-                muapi: route.muapi.as_ref().map(MuapiSettings::compile),
+                muapi: route.muapi.as_ref().map(|m| {
+                    // Validated: a route with `muapi:` has at least one token.
+                    let token = route.auth.tokens.first().map_or("", |t| t.as_str());
+                    MuapiSettings::compile(m, token)
+                }),
             };
             routes.insert(route.path.clone(), Arc::new(compiled));
         }
@@ -456,8 +492,11 @@ mod tests {
                 jitter: 0.5,
             },
         };
-        assert!(p.delay(1, None, 0.99) >= huge);
-        assert_eq!(p.delay(3, Some(Duration::MAX), 0.5), Duration::MAX);
+        // Held to the largest duration a config may hold.
+        let max = crate::config::duration::MAX;
+        assert_eq!(p.delay(1, None, 0.99), max);
+        assert_eq!(p.delay(3, Some(Duration::MAX), 0.5), max);
+        assert_eq!(p.delay(u32::MAX, None, 0.5), max);
     }
 
     #[test]

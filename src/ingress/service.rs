@@ -46,6 +46,29 @@ pub struct IngressState {
     pub intake: Arc<Intake>,
     /// Metrics.
     pub metrics: Arc<Metrics>,
+    /// Durable state (the submit proxy records expected tasks).
+    pub store: Arc<dyn crate::store::Store>,
+    /// Calls muapi for the submit proxy.
+    pub muapi: crate::reconcile::MuapiClient,
+}
+
+/// What a request to a route led to.
+enum Handled {
+    /// A callback, accepted or a duplicate.
+    Callback(Accepted),
+    /// A task submitted through the proxy: muapi's answer, relayed.
+    Submitted(Response<Full<Bytes>>),
+}
+
+/// The route and endpoint of a submit-proxy path
+/// (`{route.path}/submit/{endpoint…}` on a route with `muapi:`).
+fn submit_target<'a>(runtime: &'a Runtime, path: &'a str) -> Option<(&'a Arc<Route>, &'a str)> {
+    runtime.muapi_routes().find_map(|(route, _)| {
+        let endpoint = path
+            .strip_prefix(route.path.as_str())?
+            .strip_prefix("/submit/")?;
+        Some((route, endpoint))
+    })
 }
 
 /// Handles one request end to end and answers.
@@ -69,10 +92,17 @@ pub async fn handle(
         incoming,
         touched: false,
     };
-    let route = runtime.routes.get(parts.uri.path()).cloned();
-    let (route_label, result) = match &route {
-        None => ("unmatched".to_string(), Err(Rejection::NotFound)),
-        Some(route) => (
+    let path = parts.uri.path();
+    let exact = runtime.routes.get(path).cloned();
+    let submit = match exact {
+        Some(_) => None,
+        None => submit_target(&runtime, path).map(|(r, e)| (r.clone(), e.to_string())),
+    };
+    let route = exact
+        .clone()
+        .or_else(|| submit.as_ref().map(|(r, _)| r.clone()));
+    let (route_label, result) = match (&exact, &submit) {
+        (Some(route), _) => (
             route.name.to_string(),
             process(
                 &state,
@@ -84,11 +114,20 @@ pub async fn handle(
                 received_ms,
             )
             .instrument(span.clone())
-            .await,
+            .await
+            .map(Handled::Callback),
         ),
+        (None, Some((route, endpoint))) => (
+            route.name.to_string(),
+            submit_task(&state, &runtime, route, endpoint, peer, &parts, &mut body)
+                .instrument(span.clone())
+                .await
+                .map(Handled::Submitted),
+        ),
+        (None, None) => ("unmatched".to_string(), Err(Rejection::NotFound)),
     };
     let (outcome, response, event_id) = match result {
-        Ok(accepted) => (
+        Ok(Handled::Callback(accepted)) => (
             if accepted.duplicate {
                 "duplicate"
             } else {
@@ -97,6 +136,7 @@ pub async fn handle(
             answer::accepted(&accepted),
             Some(accepted.event_id),
         ),
+        Ok(Handled::Submitted(response)) => ("submitted", response, None),
         // A slow body already had its time: it is not waited for again.
         Err(rejection @ Rejection::BodyTimeout) => {
             (rejection.outcome(), rejection.into_response(), None)
@@ -153,15 +193,9 @@ pub async fn handle(
     response
 }
 
-async fn process(
-    state: &IngressState,
-    runtime: &Runtime,
-    route: &Arc<Route>,
-    peer: SocketAddr,
-    parts: &Parts,
-    body: &mut RequestBody,
-    received_ms: u64,
-) -> Result<Accepted, Rejection> {
+/// Method, client address and token: the checks every request to a route
+/// passes before its body is read.
+fn admit(route: &Route, peer: SocketAddr, parts: &Parts) -> Result<(), Rejection> {
     if parts.method != Method::POST {
         return Err(Rejection::MethodNotAllowed);
     }
@@ -174,6 +208,97 @@ async fn process(
     if !route.tokens.is_empty() && !token_ok(route, parts) {
         return Err(Rejection::Unauthorized);
     }
+    Ok(())
+}
+
+/// The submit proxy: forwards the app's task to muapi with the route's API
+/// key and callback URL, records the task as expected once muapi took it,
+/// then relays muapi's answer verbatim.
+async fn submit_task(
+    state: &IngressState,
+    runtime: &Runtime,
+    route: &Arc<Route>,
+    endpoint: &str,
+    peer: SocketAddr,
+    parts: &Parts,
+    body: &mut RequestBody,
+) -> Result<Response<Full<Bytes>>, Rejection> {
+    admit(route, peer, parts)?;
+    // A route with `muapi:` always has a token (validated), so the sender
+    // is known before its body is read.
+    let settings = route.muapi.as_ref().ok_or(Rejection::NotFound)?;
+    if !crate::reconcile::valid_endpoint(endpoint) {
+        return Err(Rejection::Invalid(
+            "the endpoint after /submit/ must be a plain path of letters, digits, `-`, `_`, `.`"
+                .into(),
+        ));
+    }
+    let server = &runtime.config.server;
+    let declared = parts
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > server.max_body_bytes) {
+        return Err(Rejection::TooLarge(server.max_body_bytes));
+    }
+    let read = read_body(
+        body,
+        server.max_body_bytes,
+        declared,
+        None,
+        server.header_read_timeout,
+    )
+    .await?;
+    let answer = state
+        .muapi
+        .submit(
+            settings,
+            endpoint,
+            parts.headers.get(http::header::CONTENT_TYPE),
+            read,
+        )
+        .await
+        .map_err(|e| Rejection::BadGateway(e.to_string()))?;
+    let mut response = Response::new(Full::new(answer.body.clone()));
+    *response.status_mut() = answer.status;
+    if let Some(content_type) = answer.content_type {
+        response
+            .headers_mut()
+            .insert(http::header::CONTENT_TYPE, content_type);
+    }
+    if answer.status.is_success() {
+        if let Some(id) = crate::reconcile::request_id(&answer.body) {
+            match crate::reconcile::expect(&*state.store, route, settings, &id, endpoint).await {
+                Ok(_) => {
+                    tracing::info!(route = %route.name, task = %id, endpoint, "task submitted; its result is expected");
+                }
+                Err(e) => {
+                    // muapi has the task (and charges for it): its answer
+                    // still goes back, so the app does not submit it twice,
+                    // marked so the app can register it later.
+                    tracing::error!(route = %route.name, task = %id, error = %e, "task submitted but not recorded as expected");
+                    response.headers_mut().insert(
+                        "hookrelay-expected",
+                        HeaderValue::from_static("not-recorded"),
+                    );
+                }
+            }
+        }
+    }
+    Ok(response)
+}
+
+async fn process(
+    state: &IngressState,
+    runtime: &Runtime,
+    route: &Arc<Route>,
+    peer: SocketAddr,
+    parts: &Parts,
+    body: &mut RequestBody,
+    received_ms: u64,
+) -> Result<Accepted, Rejection> {
+    admit(route, peer, parts)?;
     let server = &runtime.config.server;
     let limit = server.max_body_bytes;
     let declared = parts

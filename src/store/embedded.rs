@@ -1109,7 +1109,11 @@ impl<'t> Tables<'t> {
         let Some(old) = self.expected_record(route, &update.id)? else {
             return Ok(Recorded::Stale);
         };
-        if !old.state.is_open() {
+        // A final result fed by this very poll may have settled the task
+        // already (in the intake's commit): the poll still counts.
+        let own_result =
+            old.state == ExpectedState::Done && matches!(update.next, PollNext::Done { .. });
+        if !old.state.is_open() && !own_result {
             return Ok(Recorded::Stale);
         }
         let mut new = codec::ExpectedRecord {
@@ -1125,7 +1129,7 @@ impl<'t> Tables<'t> {
             }
             PollNext::Done { status, via } => {
                 new.state = ExpectedState::Done;
-                new.settled_by = Some(*via);
+                new.settled_by = old.settled_by.or(Some(*via));
                 new.status = Some(status.clone());
             }
             PollNext::Expired => new.state = ExpectedState::Expired,

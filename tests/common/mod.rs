@@ -3,6 +3,7 @@
 //! that record what they receive and answer as a script says.
 #![allow(dead_code)]
 
+pub mod muapi;
 pub mod pg;
 
 use std::collections::VecDeque;

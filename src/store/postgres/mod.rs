@@ -1591,9 +1591,10 @@ impl Store for PostgresStore {
                     "UPDATE {s}.expected_tasks SET polls = polls + 1, updated_ms = $3,
                        last_result = $4, state = $5::smallint,
                        next_poll_ms = CASE WHEN $5::smallint = 1 THEN $6::bigint ELSE next_poll_ms END,
-                       settled_by = COALESCE($7::smallint, settled_by), status = COALESCE($8::text, status),
+                       settled_by = COALESCE(settled_by, $7::smallint), status = COALESCE($8::text, status),
                        owner = NULL, lease_until = NULL
-                     WHERE route = $1 AND id = $2 AND owner = $9 AND state IN (0, 1)"
+                     WHERE route = $1 AND id = $2 AND owner = $9
+                       AND (state IN (0, 1) OR (state = 2 AND $5::smallint = 2))"
                 ),
                 &[
                     &update.route,
