@@ -7,6 +7,9 @@
 //! promtool, systemd-analyze and kustomize checks of the same files run in
 //! `.ci/run`.
 
+#[path = "common/pg.rs"]
+mod pg;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -97,9 +100,11 @@ fn env_vars(text: &str) -> BTreeSet<String> {
 }
 
 /// A value for `${NAME}` that every place the deploy configs use one accepts:
-/// a `whsec_` secret (valid as a token too) or a URL.
+/// a `whsec_` secret (valid as a token too), a database URL or a URL.
 fn dummy_value(name: &str) -> String {
-    if name.ends_with("_URL") {
+    if name.ends_with("DATABASE_URL") {
+        "postgres://hookrelay:stand-in@db.example.com:5432/hookrelay?sslmode=require".into()
+    } else if name.ends_with("_URL") {
         "http://127.0.0.1:3000/webhooks/muapi".into()
     } else {
         // "whsec_" + base64 of 24 bytes.
@@ -167,6 +172,7 @@ fn every_manifest_parses_and_names_itself() {
         "Deployment",
         "ConfigMap",
         "PersistentVolumeClaim",
+        "PodDisruptionBudget",
         "Service",
         "Certificate",
         "PodMonitor",
@@ -178,7 +184,7 @@ fn every_manifest_parses_and_names_itself() {
 
 #[test]
 fn each_kustomization_lists_exactly_its_manifests() {
-    for variant in ["sidecar", "edge", "monitoring"] {
+    for variant in ["sidecar", "edge", "edge-ha", "monitoring"] {
         let dir = repo().join("deploy/kubernetes").join(variant);
         let kustomization = documents(&dir.join("kustomization.yaml"));
         assert_eq!(kustomization.len(), 1, "{variant}/kustomization.yaml");
@@ -202,8 +208,8 @@ fn each_kustomization_lists_exactly_its_manifests() {
 fn every_shipped_config_passes_check_config() {
     let configs = shipped_configs();
     assert!(
-        configs.len() >= 3,
-        "expected the sidecar and edge ConfigMaps and the image's config, found {configs:?}"
+        configs.len() >= 4,
+        "expected the sidecar, edge and edge-ha ConfigMaps and the image's config, found {configs:?}"
     );
     for (origin, text) in configs {
         let dir = tempfile::tempdir().unwrap();
@@ -400,6 +406,17 @@ fn deployments_agree_with_their_configs() {
                 env.contains(var.as_str()),
                 "{at}: ${{{var}}} is not in hookrelay's env"
             );
+            // Every variable these configs use holds a secret (or a URL
+            // with a password): it comes from a Secret, never a literal.
+            let entry = array_at(gateway, "/env")
+                .iter()
+                .find(|e| str_at(e, "/name") == Some(var.as_str()))
+                .unwrap();
+            assert!(
+                entry.pointer("/valueFrom/secretKeyRef/name").is_some()
+                    && str_at(entry, "/valueFrom/secretKeyRef/key") == Some(var.as_str()),
+                "{at}: ${{{var}}} must come from the Secret's key {var} (valueFrom.secretKeyRef)"
+            );
         }
 
         // Every file the config names is mounted.
@@ -411,11 +428,32 @@ fn deployments_agree_with_their_configs() {
                 );
             }
         }
-        let store = str_at(&raw, "/store/path").expect("store.path");
-        assert!(
-            files.contains(&format!("{}/", store.trim_end_matches('/'))),
-            "{at}: store.path {store} is not a mounted volume ({files:?})"
-        );
+        // The store: the embedded one on a mounted volume, or PostgreSQL
+        // with no volume at all and its URL (it holds a password) from a
+        // Secret.
+        let claims = array_at(pod, "/volumes")
+            .iter()
+            .filter(|v| v.get("persistentVolumeClaim").is_some())
+            .count();
+        if config.store.postgres.is_none() {
+            let store = str_at(&raw, "/store/path").expect("store.path");
+            assert!(
+                files.contains(&format!("{}/", store.trim_end_matches('/'))),
+                "{at}: store.path {store} is not a mounted volume ({files:?})"
+            );
+        } else {
+            assert_eq!(claims, 0, "{at}: a PostgreSQL store needs no volume");
+            assert!(
+                here("PersistentVolumeClaim").is_empty(),
+                "{at}: no PersistentVolumeClaim beside a PostgreSQL store"
+            );
+            let url = str_at(&raw, "/store/postgres/url").expect("store.postgres.url");
+            let vars = env_vars(url);
+            assert!(
+                vars.len() == 1 && url == format!("${{{}}}", vars.first().unwrap()),
+                "{at}: store.postgres.url must be one ${{VARIABLE}} (from the Secret)"
+            );
+        }
 
         // Ports: probes and annotations on the admin port, the Service on the ingress port.
         let admin = port_of(&config.admin.listen.to_string());
@@ -467,26 +505,97 @@ fn deployments_agree_with_their_configs() {
             }
         }
 
-        // Shutdown and the single store.
+        // Shutdown: the grace period outlasts a preStop pause plus
+        // shutdown_grace.
+        let pause = match gateway.pointer("/lifecycle/preStop/exec/command") {
+            None => 0,
+            Some(command) => {
+                let words: Vec<&str> = command
+                    .as_array()
+                    .expect("preStop command")
+                    .iter()
+                    .filter_map(Value::as_str)
+                    .collect();
+                match words.as_slice() {
+                    ["sleep", secs] => secs.parse::<u64>().expect("sleep seconds"),
+                    other => panic!("{at}: preStop is not a plain sleep: {other:?}"),
+                }
+            }
+        };
         let grace = pod
             .pointer("/terminationGracePeriodSeconds")
             .and_then(Value::as_u64)
             .expect("terminationGracePeriodSeconds");
         assert!(
-            Duration::from_secs(grace) > config.shutdown_grace,
-            "{at}: terminationGracePeriodSeconds {grace} must exceed shutdown_grace {:?}",
+            Duration::from_secs(grace) > Duration::from_secs(pause) + config.shutdown_grace,
+            "{at}: terminationGracePeriodSeconds {grace} must exceed the preStop pause \
+             {pause}s plus shutdown_grace {:?}",
             config.shutdown_grace
         );
-        assert_eq!(
-            deployment.pointer("/spec/replicas"),
-            Some(&Value::from(1)),
-            "{at}"
-        );
-        assert_eq!(
-            str_at(deployment, "/spec/strategy/type"),
-            Some("Recreate"),
-            "{at}: one redb store, one process"
-        );
+
+        // Replicas: one embedded store is one process; PostgreSQL takes
+        // several, replaced one at a time and kept up through drains.
+        let pod_labels = template.pointer("/metadata/labels").expect("pod labels");
+        let selects_pods = |selector: Option<&Value>| {
+            let labels = selector
+                .and_then(Value::as_object)
+                .filter(|m| !m.is_empty());
+            labels.is_some_and(|m| m.iter().all(|(k, v)| pod_labels.get(k) == Some(v)))
+        };
+        let replicas = deployment
+            .pointer("/spec/replicas")
+            .and_then(Value::as_u64)
+            .expect("replicas");
+        let strategy = str_at(deployment, "/spec/strategy/type");
+        if config.store.postgres.is_none() {
+            assert_eq!(replicas, 1, "{at}: one redb store, one process");
+            assert_eq!(
+                strategy,
+                Some("Recreate"),
+                "{at}: one redb store, one process"
+            );
+        } else {
+            assert!(replicas >= 2, "{at}: PostgreSQL is for several replicas");
+            assert_eq!(strategy, Some("RollingUpdate"), "{at}");
+            let rolling = |key: &str| {
+                deployment
+                    .pointer(&format!("/spec/strategy/rollingUpdate/{key}"))
+                    .and_then(Value::as_u64)
+            };
+            assert_eq!(
+                rolling("maxUnavailable"),
+                Some(0),
+                "{at}: a rollout must never drop below the ready replicas"
+            );
+            assert!(
+                rolling("maxSurge").is_some_and(|n| n >= 1),
+                "{at}: with maxUnavailable 0, a rollout needs maxSurge >= 1"
+            );
+            let budgets = here("PodDisruptionBudget");
+            assert_eq!(budgets.len(), 1, "{at}: one PodDisruptionBudget beside it");
+            let budget = budgets[0];
+            assert!(
+                selects_pods(budget.pointer("/spec/selector/matchLabels")),
+                "{at}: the PodDisruptionBudget must select these pods"
+            );
+            let min = budget.pointer("/spec/minAvailable").and_then(Value::as_u64);
+            assert!(
+                min.is_some_and(|n| n >= 1 && n < replicas),
+                "{at}: minAvailable must keep some replicas up and still let a drain proceed"
+            );
+            let spread = array_at(pod, "/topologySpreadConstraints");
+            assert!(
+                spread.iter().any(|c| {
+                    str_at(c, "/topologyKey") == Some("kubernetes.io/hostname")
+                        && selects_pods(c.pointer("/labelSelector/matchLabels"))
+                }),
+                "{at}: replicas must be spread across nodes"
+            );
+            assert!(
+                pause > 0,
+                "{at}: a preStop pause lets the endpoints drop the pod first"
+            );
+        }
 
         // Hardening.
         let security = gateway.get("securityContext").expect("securityContext");
@@ -506,7 +615,7 @@ fn deployments_agree_with_their_configs() {
         );
 
         // Scraped by the PodMonitor, as job="hookrelay" (what the alerts select).
-        let labels = template.pointer("/metadata/labels").expect("pod labels");
+        let labels = pod_labels;
         for (_, monitor) in all
             .iter()
             .filter(|(_, d)| str_at(d, "/kind") == Some("PodMonitor"))
@@ -536,8 +645,8 @@ fn deployments_agree_with_their_configs() {
         }
     }
     assert_eq!(
-        deployments, 2,
-        "expected the sidecar and the edge Deployments"
+        deployments, 3,
+        "expected the sidecar, edge and edge-ha Deployments"
     );
 }
 
@@ -973,4 +1082,84 @@ routes:
             }
         }
     }
+}
+
+// ---- the edge-ha config on a real PostgreSQL -----------------------------------
+
+/// The edge-ha ConfigMap's config runs as shipped on a real database: the
+/// `hookrelay migrate` a deploy job would run applies the schema (and a
+/// second run finds it up to date), and a replica started on it becomes
+/// ready. Only the listen addresses (loopback, free ports), the schema (one
+/// per test) and the certificate (generated) are swapped.
+#[tokio::test]
+async fn the_edge_ha_config_migrates_and_runs_on_postgresql() {
+    let db = pg::TestSchema::new();
+    let (origin, shipped) = shipped_configs()
+        .into_iter()
+        .find(|(origin, _)| origin.contains("edge-ha"))
+        .expect("the edge-ha ConfigMap");
+    let dir = tempfile::tempdir().unwrap();
+    let mut text = with_test_tls(&shipped, dir.path());
+    for (from, to) in [
+        ("\"0.0.0.0:8443\"", "\"127.0.0.1:0\"".to_string()),
+        ("\"0.0.0.0:9090\"", "\"127.0.0.1:0\"".to_string()),
+        ("schema: hookrelay", format!("schema: {}", db.schema)),
+    ] {
+        assert_eq!(text.matches(from).count(), 1, "{origin}: {from}");
+        text = text.replace(from, &to);
+    }
+    let path = dir.path().join("hookrelay.yaml");
+    std::fs::write(&path, &text).unwrap();
+    let env: BTreeMap<String, String> = env_vars(&text)
+        .into_iter()
+        .map(|v| {
+            let value = if v == "HOOKRELAY_DATABASE_URL" {
+                db.url.clone()
+            } else {
+                dummy_value(&v)
+            };
+            (v, value)
+        })
+        .collect();
+
+    let migrate = || {
+        Command::new(env!("CARGO_BIN_EXE_hookrelay"))
+            .args(["migrate", "--config"])
+            .arg(&path)
+            .env_clear()
+            .envs(&env)
+            .output()
+            .expect("run hookrelay migrate")
+    };
+    let first = migrate();
+    let said = String::from_utf8_lossy(&first.stdout).to_string();
+    assert!(
+        first.status.success() && said.contains("applied migration(s)"),
+        "{origin}: hookrelay migrate ({}): {said}{}",
+        first.status,
+        String::from_utf8_lossy(&first.stderr)
+    );
+    let again = migrate();
+    let said = String::from_utf8_lossy(&again.stdout).to_string();
+    assert!(
+        again.status.success() && said.contains("up to date"),
+        "{origin}: a second migrate: {said}"
+    );
+
+    let lookup = |name: &str| env.get(name).cloned();
+    let config = hookrelay::Config::from_yaml(&text, &lookup).expect("the config loads");
+    assert!(
+        config.store.postgres.is_some(),
+        "{origin}: a PostgreSQL store"
+    );
+    let gw = hookrelay::Gateway::start(config)
+        .await
+        .expect("a replica starts");
+    let ready = http(
+        gw.admin_addr,
+        "GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".into(),
+    )
+    .await;
+    assert!(ready.starts_with("HTTP/1.1 200"), "/readyz: {ready}");
+    gw.shutdown().await;
 }
