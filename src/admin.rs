@@ -231,13 +231,13 @@ async fn api(
         (Method::DELETE, ["dead-letters", id]) => {
             let parsed: DeliveryId = id
                 .parse()
-                .map_err(|_| ApiError::NotFound(format!("no dead letter {id}")))?;
+                .map_err(|_| ApiError::NotFound("no such dead letter".into()))?;
             let done = state
                 .store
                 .delete_dead(DeadSelector::Ids(vec![parsed]), now_ms(), 1)
                 .await?;
             if done.is_empty() {
-                Err(ApiError::NotFound(format!("no dead letter {id}")))
+                Err(ApiError::NotFound("no such dead letter".into()))
             } else {
                 Ok(json(StatusCode::OK, &serde_json::json!({ "deleted": id })))
             }
@@ -246,10 +246,10 @@ async fn api(
         (Method::POST, ["orphans", "resolve"]) => {
             let body = read_json::<OrphanBody>(request).await?;
             if state.dispatcher.has_lane(&body.route, &body.subscriber) {
-                return Err(ApiError::Conflict(format!(
-                    "subscriber {}/{} is configured on this instance: its deliveries are not orphans",
-                    body.route, body.subscriber
-                )));
+                return Err(ApiError::Conflict(
+                    "that subscriber is configured on this instance: its deliveries are not orphans"
+                        .into(),
+                ));
             }
             let reason = "subscriber removed from the config (resolved by an operator)";
             let mut total = 0;
@@ -279,13 +279,12 @@ async fn api(
             let body = read_json::<ExpectBody>(request).await?;
             let runtime = state.runtime.load_full();
             let Some(route) = runtime.route_named(&body.route).cloned() else {
-                return Err(ApiError::NotFound(format!("no route {}", body.route)));
+                return Err(ApiError::NotFound("no route with that name".into()));
             };
             let Some(settings) = route.muapi.as_ref() else {
-                return Err(ApiError::BadRequest(format!(
-                    "route {} has no `muapi:` block: its results are not reconciled",
-                    body.route
-                )));
+                return Err(ApiError::BadRequest(
+                    "that route has no `muapi:` block: its results are not reconciled".into(),
+                ));
             };
             if body.id.is_empty() || body.id.len() > 256 {
                 return Err(ApiError::BadRequest(
@@ -372,7 +371,7 @@ async fn subscribers(state: &AdminState) -> Result<Response<Full<Bytes>>, ApiErr
 }
 
 async fn event(state: &AdminState, id: &str) -> Result<Response<Full<Bytes>>, ApiError> {
-    let not_found = || ApiError::NotFound(format!("no event {id}"));
+    let not_found = || ApiError::NotFound("no such event".into());
     let event: EventId = id.parse().map_err(|_| not_found())?;
     let Some(view) = state.store.event(event).await? else {
         return Err(not_found());

@@ -111,6 +111,12 @@ fn postgres_options(config: &Config, pg: &crate::config::PostgresConfig) -> Post
         lease: pg.lease,
         max_batch: config.store.max_batch,
         observer: None,
+        // Validated at load; a file gone since leaves only the web roots.
+        ca_certs: pg
+            .ca_file
+            .as_deref()
+            .and_then(|f| crate::delivery::client::load_ca_file(f).ok())
+            .unwrap_or_default(),
     }
 }
 
@@ -473,6 +479,17 @@ impl Shared {
             ("server.listen", o.server.listen != n.server.listen),
             ("admin.listen", o.admin.listen != n.admin.listen),
             ("store.path", o.store.path != n.store.path),
+            (
+                "store.postgres",
+                o.store
+                    .postgres
+                    .as_ref()
+                    .map(|p| (&p.url, p.pool_size, &p.schema, p.lease, &p.ca_file))
+                    != n.store
+                        .postgres
+                        .as_ref()
+                        .map(|p| (&p.url, p.pool_size, &p.schema, p.lease, &p.ca_file)),
+            ),
             ("store.max_batch", o.store.max_batch != n.store.max_batch),
             (
                 "store.cache_bytes",

@@ -135,7 +135,7 @@ impl Metrics {
         };
         // 100 µs .. ~26 s: ingress answers are sub-millisecond to seconds.
         let fast = exponential_buckets(0.0001, 2.0, 19).expect("buckets");
-        // 1 ms .. ~9 h: delivery latency includes retries spanning hours.
+        // 1 ms .. ~4 h: delivery latency includes retries spanning hours.
         let slow = exponential_buckets(0.001, 2.5, 19).expect("buckets");
         let ingress_requests = counter(
             "ingress_requests_total",

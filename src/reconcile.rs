@@ -150,8 +150,11 @@ impl MuapiClient {
         content_type: Option<&HeaderValue>,
         body: Bytes,
     ) -> Result<MuapiAnswer, MuapiError> {
-        let webhook: String =
-            form_urlencoded::byte_serialize(settings.callback_url.as_bytes()).collect();
+        let webhook = percent_encoding::utf8_percent_encode(
+            &settings.callback_url,
+            percent_encoding::NON_ALPHANUMERIC,
+        )
+        .to_string();
         let url = format!(
             "{}/api/v1/{endpoint}?webhook={webhook}",
             settings.base_url.to_string().trim_end_matches('/')

@@ -429,6 +429,7 @@ async fn replicas_starting_together_apply_each_migration_once() {
         lease: Duration::from_secs(30),
         max_batch: 16,
         observer: None,
+        ca_certs: Vec::new(),
     };
     let (one, two, three) = tokio::join!(migrate(&options), migrate(&options), migrate(&options));
     let runs = vec![one, two, three];

@@ -785,6 +785,7 @@ impl Postgres {
             lease: std::time::Duration::from_secs(30),
             max_batch: 256,
             observer: None,
+            ca_certs: Vec::new(),
         }
     }
 }

@@ -632,6 +632,7 @@ impl Decode for PostgresConfig {
             pool_size: f.or(d, "pool_size", super::d_pool_size()),
             schema: f.or(d, "schema", super::d_pg_schema()),
             lease: f.or(d, "lease", super::d_lease()),
+            ca_file: f.opt(d, "ca_file"),
         };
         f.finish(d);
         Some(pg)
@@ -642,6 +643,7 @@ impl Decode for PostgresConfig {
             pool_size: super::d_pool_size(),
             schema: super::d_pg_schema(),
             lease: super::d_lease(),
+            ca_file: None,
         }
     }
 }

@@ -222,6 +222,10 @@ pub struct PostgresConfig {
     /// another may take it over (default 30s). Longer than every
     /// subscriber's attempt timeout, so a live attempt is never taken over.
     pub lease: Duration,
+    /// Extra CA certificates (PEM) trusted for the database's TLS
+    /// certificate (a managed database signed by a private CA), besides
+    /// the public web roots.
+    pub ca_file: Option<PathBuf>,
 }
 
 impl fmt::Debug for PostgresConfig {

@@ -267,7 +267,11 @@ impl std::fmt::Debug for MuapiSettings {
 
 impl MuapiSettings {
     fn compile(m: &MuapiConfig, token: &str) -> MuapiSettings {
-        let token: String = form_urlencoded::byte_serialize(token.as_bytes()).collect();
+        // Percent-encoded (a space as %20, not `+`: the ingress reads a `+`
+        // in `?token=` as a plus sign).
+        let token =
+            percent_encoding::utf8_percent_encode(token, percent_encoding::NON_ALPHANUMERIC)
+                .to_string();
         MuapiSettings {
             callback_url: format!("{}?token={token}", m.public_url),
             api_key: m.api_key.clone(),

@@ -547,6 +547,32 @@ fn postgres_lease_outlasts_every_attempt_timeout() {
 }
 
 #[test]
+fn postgres_ca_file_must_hold_pem_certificates() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("not-pem.crt");
+    std::fs::write(&bad, "not a certificate").unwrap();
+    for path in [bad.clone(), dir.path().join("missing.crt")] {
+        let yaml = with_store(&format!(
+            "  postgres:\n    url: \"{PG}\"\n    ca_file: {}\n",
+            path.display()
+        ));
+        assert_problem(&yaml, "store.postgres.ca_file", "CA certificates");
+    }
+    let good = dir.path().join("ca.pem");
+    let key = rcgen::KeyPair::generate().unwrap();
+    let ca = rcgen::CertificateParams::new(vec!["db.internal".to_string()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    std::fs::write(&good, ca.pem()).unwrap();
+    let c = load(&with_store(&format!(
+        "  postgres:\n    url: \"{PG}\"\n    ca_file: {}\n",
+        good.display()
+    )));
+    assert_eq!(c.store.postgres.unwrap().ca_file, Some(good));
+}
+
+#[test]
 fn store_path_and_postgres_together_are_ambiguous() {
     let yaml = with_store(&format!("  path: ./data\n  postgres:\n    url: \"{PG}\"\n"));
     assert_problem(&yaml, "store.path", "ambiguous");
@@ -589,6 +615,23 @@ fn muapi_defaults_and_compiled_settings() {
     assert!(
         !format!("{c:?} {rt:?}").contains("sEcReT"),
         "Debug redacts the key"
+    );
+}
+
+#[test]
+fn the_callback_url_carries_the_token_exactly() {
+    // The ingress reads `?token=` as written or percent-decoded, with `+`
+    // a plus sign: a space must travel as %20, a plus as %2B.
+    let yaml = with_muapi(MUAPI).replace("tokens: [\"t0ken\"]", "tokens: [\"a b+c/d\"]");
+    let runtime = load(&yaml).compile().unwrap();
+    let (_, m) = runtime.muapi_routes().next().unwrap();
+    assert_eq!(
+        m.callback_url,
+        "https://hooks.example.com/hooks/muapi?token=a%20b%2Bc%2Fd"
+    );
+    assert!(
+        !format!("{m:?}").contains("a%20b"),
+        "Debug redacts the callback URL"
     );
 }
 

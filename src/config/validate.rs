@@ -221,6 +221,11 @@ impl Config {
             ));
         }
         check_duration(p, "store.postgres.lease", pg.lease, true);
+        if let Some(ca) = &pg.ca_file {
+            if let Err(e) = crate::delivery::client::load_ca_file(ca) {
+                p.push(Problem::new("store.postgres.ca_file", e.to_string()));
+            }
+        }
         // A lease shorter than an attempt would let another instance take
         // over a delivery whose attempt is still running.
         let mut inherited = false;

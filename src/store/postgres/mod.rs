@@ -74,6 +74,8 @@ pub struct PostgresOptions {
     pub max_batch: usize,
     /// Told about every group commit (for metrics).
     pub observer: Option<CommitObserver>,
+    /// Extra CA certificates trusted for the server's certificate.
+    pub ca_certs: Vec<rustls_pki_types::CertificateDer<'static>>,
 }
 
 fn unavailable(e: impl std::fmt::Display) -> StoreError {
@@ -267,7 +269,7 @@ fn pool(options: &PostgresOptions) -> Result<(tokio_postgres::Config, Pool), Sto
     })?;
     let manager = Manager::from_config(
         config.clone(),
-        tls(),
+        tls(&options.ca_certs),
         ManagerConfig {
             recycling_method: RecyclingMethod::Fast,
         },
@@ -284,10 +286,16 @@ fn pool(options: &PostgresOptions) -> Result<(tokio_postgres::Config, Pool), Sto
 }
 
 /// TLS to the database (used when `sslmode` asks for it): rustls with the
-/// webpki roots, so the server's certificate is always verified.
-fn tls() -> tokio_postgres_rustls::MakeRustlsConnect {
+/// webpki roots plus `store.postgres.ca_file`, so the server's certificate
+/// is always verified.
+fn tls(
+    extra: &[rustls_pki_types::CertificateDer<'static>],
+) -> tokio_postgres_rustls::MakeRustlsConnect {
     let mut roots = rustls::RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    for cert in extra {
+        let _ = roots.add(cert.clone());
+    }
     let config = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
@@ -491,7 +499,11 @@ impl PostgresStore {
         ))];
         tasks.push(tokio::spawn(renew_loop(inner.clone(), options.lease)));
         tasks.push(tokio::spawn(health_loop(inner.clone())));
-        tasks.push(tokio::spawn(listen_loop(inner.clone(), config)));
+        tasks.push(tokio::spawn(listen_loop(
+            inner.clone(),
+            config,
+            options.ca_certs.clone(),
+        )));
         tracing::info!(schema = %options.schema, owner = %inner.owner, "PostgreSQL store open");
         Ok(Self {
             inner,
@@ -824,12 +836,16 @@ async fn health_loop(inner: Arc<Inner>) {
 
 /// Listens for work signals from other replicas (a replay, released
 /// claims) on a connection of its own, reconnecting when it drops.
-async fn listen_loop(inner: Arc<Inner>, config: tokio_postgres::Config) {
+async fn listen_loop(
+    inner: Arc<Inner>,
+    config: tokio_postgres::Config,
+    ca_certs: Vec<rustls_pki_types::CertificateDer<'static>>,
+) {
     loop {
         if inner.stop.is_cancelled() {
             return;
         }
-        match config.connect(tls()).await {
+        match config.connect(tls(&ca_certs)).await {
             Ok((client, mut connection)) => {
                 let wake = inner.wake.clone();
                 let mut driver = tokio::spawn(async move {
