@@ -88,6 +88,10 @@ impl AdminState {
                 let m = &self.metrics.store_bytes;
                 m.with_label_values(&["file"]).set(gauge(size.file_bytes));
                 m.with_label_values(&["used"]).set(gauge(size.used_bytes));
+                if let Some((free, total)) = size.disk {
+                    m.with_label_values(&["disk_free"]).set(gauge(free));
+                    m.with_label_values(&["disk_size"]).set(gauge(total));
+                }
             }
             Err(e) => tracing::warn!(error = %e, "cannot read the store's size"),
         }

@@ -187,7 +187,7 @@ impl Metrics {
         );
         let store_bytes = gauge(
             "store_bytes",
-            "Store size: the whole file (file) and what holds live data (used)",
+            "Store size: the whole file (file), what holds live data (used), and the free space and size of its volume (disk_free, disk_size; embedded store)",
             &["kind"],
         );
         let circuit_open = gauge(

@@ -699,12 +699,24 @@ fn apply_batch(
                 *result = Ok(Done::Size(StoreSize {
                     file_bytes: file,
                     used_bytes: used,
+                    disk: disk_space(&handle.path),
                 }));
             }
         }
     }
     txn.commit().map_err(backend)?;
     Ok(results)
+}
+
+/// (free, size) in bytes of the filesystem holding `path`.
+fn disk_space(path: &Path) -> Option<(u64, u64)> {
+    let dir = path.parent()?;
+    let st = rustix::fs::statvfs(dir).ok()?;
+    let unit = st.f_frsize;
+    Some((
+        st.f_bavail.saturating_mul(unit),
+        st.f_blocks.saturating_mul(unit),
+    ))
 }
 
 /// The open tables of one write transaction.

@@ -491,6 +491,9 @@ pub struct StoreSize {
     pub file_bytes: u64,
     /// Bytes holding live data (the rest is free space the store reuses).
     pub used_bytes: u64,
+    /// Free bytes and size of the filesystem holding the store (embedded
+    /// store only: the volume that would fill up).
+    pub disk: Option<(u64, u64)>,
 }
 
 /// The statuses that end a task (muapi's `completed`, `failed`,

@@ -1484,6 +1484,7 @@ impl Store for PostgresStore {
         Ok(StoreSize {
             file_bytes: ms(row.get(0)),
             used_bytes: ms(row.get(1)),
+            disk: None,
         })
     }
 
