@@ -179,16 +179,31 @@ pub async fn handle(
     span.record("event_id", event_id.as_deref().unwrap_or(""));
     span.record("outcome", outcome);
     span.record("duration_us", elapsed.as_micros() as u64);
+    // Accepted callbacks are the bulk of the traffic: a line each at
+    // `debug` (the metrics count them); everything else at `info`.
+    let routine = matches!(outcome, "accepted" | "duplicate" | "submitted");
     span.in_scope(|| {
-        tracing::info!(
-            route = %route_label,
-            peer = %peer.ip(),
-            event_id = event_id.as_deref().unwrap_or(""),
-            outcome,
-            status = response.status().as_u16(),
-            duration_us = elapsed.as_micros() as u64,
-            "ingress request"
-        )
+        if routine {
+            tracing::debug!(
+                route = %route_label,
+                peer = %peer.ip(),
+                event_id = event_id.as_deref().unwrap_or(""),
+                outcome,
+                status = response.status().as_u16(),
+                duration_us = elapsed.as_micros() as u64,
+                "ingress request"
+            )
+        } else {
+            tracing::info!(
+                route = %route_label,
+                peer = %peer.ip(),
+                event_id = event_id.as_deref().unwrap_or(""),
+                outcome,
+                status = response.status().as_u16(),
+                duration_us = elapsed.as_micros() as u64,
+                "ingress request"
+            )
+        }
     });
     response
 }

@@ -657,7 +657,21 @@ fn apply_batch(
     batch: &mut [Request],
     effects: &mut Effects,
 ) -> Result<Vec<Result<Done, StoreError>>, StoreError> {
-    let txn = db.begin_write().map_err(backend)?;
+    let mut txn = db.begin_write().map_err(backend)?;
+    // A batch of nothing but delivered marks (and pruning) is committed
+    // without its own fsync: the next durable commit (the next callback)
+    // makes it durable. Losing a delivered mark in a crash only repeats a
+    // delivery, which at-least-once allows; every append, retry schedule,
+    // dead letter and operator action is durable before it is answered.
+    let lazy = batch.iter().all(|r| match &r.op {
+        Op::Attempt(u) => matches!(u.next, Next::Delivered),
+        Op::Prune(_) | Op::Size => true,
+        _ => false,
+    });
+    if lazy {
+        txn.set_durability(redb::Durability::None)
+            .map_err(backend)?;
+    }
     let mut results = Vec::with_capacity(batch.len());
     {
         let mut t = Tables::open(&txn, handle)?;
@@ -740,6 +754,9 @@ struct Tables<'t> {
     expected_delta: BTreeMap<(u32, u8), i64>,
     /// Pending and dead count changes per lane, written once at the end.
     count_delta: BTreeMap<u32, (i64, i64)>,
+    /// Event records changed in this batch (`None`: removed), written once
+    /// at its end.
+    changed: HashMap<u64, Option<EventRecord>>,
     next_seq: u64,
     next_name: u64,
     start: (u64, u64),
@@ -771,14 +788,16 @@ impl<'t> Tables<'t> {
             expected_delta: BTreeMap::new(),
             meta,
             count_delta: BTreeMap::new(),
+            changed: HashMap::new(),
             next_seq,
             next_name,
             start: (next_seq, next_name),
         })
     }
 
-    /// Writes counters and count changes.
+    /// Writes changed records, counters and count changes.
     fn save_meta(&mut self) -> Result<(), StoreError> {
+        self.flush_events()?;
         if self.next_seq != self.start.0 {
             self.meta.insert(NEXT_SEQ, self.next_seq).map_err(backend)?;
         }
@@ -857,17 +876,50 @@ impl<'t> Tables<'t> {
         }
     }
 
+    /// An event record, as this batch left it: records changed in a batch
+    /// are kept decoded and written once at its end (three attempt results
+    /// of one event in one batch cost one rewrite, not three).
     fn event(&self, seq: u64) -> Result<Option<EventRecord>, StoreError> {
+        if let Some(e) = self.changed.get(&seq) {
+            return Ok(e.clone());
+        }
         match self.events.get(seq).map_err(backend)? {
             Some(v) => codec::decode_event(v.value(), true).map(Some),
             None => Ok(None),
         }
     }
 
+    /// Whether the event record exists (as this batch left it).
+    fn has_event(&self, seq: u64) -> Result<bool, StoreError> {
+        match self.changed.get(&seq) {
+            Some(e) => Ok(e.is_some()),
+            None => Ok(self.events.get(seq).map_err(backend)?.is_some()),
+        }
+    }
+
     fn put_event(&mut self, seq: u64, e: &EventRecord) -> Result<(), StoreError> {
-        self.events
-            .insert(seq, codec::encode_event(e).as_slice())
-            .map_err(backend)?;
+        self.changed.insert(seq, Some(e.clone()));
+        Ok(())
+    }
+
+    fn remove_event(&mut self, seq: u64) {
+        self.changed.insert(seq, None);
+    }
+
+    /// Writes the records this batch changed.
+    fn flush_events(&mut self) -> Result<(), StoreError> {
+        for (seq, e) in std::mem::take(&mut self.changed) {
+            match e {
+                Some(e) => {
+                    self.events
+                        .insert(seq, codec::encode_event(&e).as_slice())
+                        .map_err(backend)?;
+                }
+                None => {
+                    self.events.remove(seq).map_err(backend)?;
+                }
+            }
+        }
         Ok(())
     }
 
@@ -889,7 +941,7 @@ impl<'t> Tables<'t> {
             // as its event is still held (pending deliveries, dead letters,
             // details within retention): the same id cannot name two events.
             let within = event.received_ms.saturating_sub(key.received_ms) <= event.ttl_ms;
-            let held = self.events.get(key.seq).map_err(backend)?.is_some();
+            let held = self.has_event(key.seq)?;
             if within || held {
                 return Ok(AppendOutcome::Duplicate);
             }
@@ -1518,7 +1570,7 @@ impl<'t> Tables<'t> {
                     .remove((codec::source_hash(e.route, source), seq))
                     .map_err(backend)?;
             }
-            self.events.remove(seq).map_err(backend)?;
+            self.remove_event(seq);
             report.details += 1;
         }
         // Closed expected tasks go with the same retention as events.
@@ -1528,6 +1580,8 @@ impl<'t> Tables<'t> {
         //    slices of the id space per run: enough that the whole space is
         //    swept once per quarter of the window, never all of it at once
         //    unless the window is that short.
+        // The sweep reads the records table directly: bring it up to date.
+        self.flush_events()?;
         let key_cutoff = policy.now_ms.saturating_sub(policy.ttl_ms);
         let mut slice = self
             .meta
