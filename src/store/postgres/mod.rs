@@ -203,27 +203,38 @@ impl Sql {
                  SELECT id FROM ins"
             ),
             attempt: format!(
-                "WITH d AS (
-                   UPDATE {s}.deliveries SET
-                     attempts = GREATEST(attempts, $4),
-                     history = CASE WHEN $5::jsonb IS NULL THEN history
-                               ELSE (CASE WHEN jsonb_array_length(history) >= {ATTEMPT_HISTORY}
-                                          THEN history - 0 ELSE history END) || jsonb_build_array($5::jsonb)
+                "WITH u AS (
+                   SELECT * FROM unnest($1::bytea[], $2::text[], $3::int[], $4::jsonb[], $5::bigint[],
+                                        $6::smallint[], $7::bigint[], $8::text[], $9::bool[], $10::bool[])
+                     AS t(event_id, subscriber, attempt, record, now_ms, state, due_ms, reason,
+                          keep, closes)
+                 ), d AS (
+                   UPDATE {s}.deliveries d SET
+                     attempts = GREATEST(d.attempts, u.attempt),
+                     history = CASE WHEN u.record IS NULL THEN d.history
+                               ELSE (CASE WHEN jsonb_array_length(d.history) >= {ATTEMPT_HISTORY}
+                                          THEN d.history - 0 ELSE d.history END)
+                                    || jsonb_build_array(u.record)
                                END,
-                     updated_ms = $6::bigint,
-                     state = $7::smallint,
-                     due_ms = CASE WHEN $7::smallint = 0 THEN $8::bigint ELSE due_ms END,
-                     dead_reason = CASE WHEN $7::smallint = 2 THEN $9::text ELSE dead_reason END,
-                     owner = CASE WHEN $10::bool THEN owner ELSE NULL END,
-                     lease_until = CASE WHEN $10::bool THEN lease_until ELSE NULL END
-                   WHERE event_id = $1 AND subscriber = $2 AND state = 0 AND owner = $3
-                   RETURNING event_id
+                     updated_ms = u.now_ms,
+                     state = u.state,
+                     due_ms = CASE WHEN u.state = 0 THEN u.due_ms ELSE d.due_ms END,
+                     dead_reason = CASE WHEN u.state = 2 THEN u.reason ELSE d.dead_reason END,
+                     owner = CASE WHEN u.keep THEN d.owner ELSE NULL END,
+                     lease_until = CASE WHEN u.keep THEN d.lease_until ELSE NULL END
+                   FROM u
+                   WHERE d.event_id = u.event_id AND d.subscriber = u.subscriber
+                     AND d.state = 0 AND d.owner = $11
+                   RETURNING d.event_id, d.subscriber, u.closes, u.now_ms
+                 ), c AS (
+                   SELECT event_id, count(*)::int AS n, max(now_ms) AS at
+                   FROM d WHERE closes GROUP BY event_id
                  ), e AS (
-                   UPDATE {s}.events SET open_count = open_count - 1,
-                     done_ms = CASE WHEN open_count - 1 = 0 THEN $6::bigint ELSE done_ms END
-                   WHERE $11::bool AND id IN (SELECT event_id FROM d)
+                   UPDATE {s}.events ev SET open_count = ev.open_count - c.n,
+                     done_ms = CASE WHEN ev.open_count - c.n = 0 THEN c.at ELSE ev.done_ms END
+                   FROM c WHERE ev.id = c.event_id
                  )
-                 SELECT count(*) FROM d"
+                 SELECT event_id, subscriber FROM d"
             ),
             claim: format!(
                 "WITH picked AS (
@@ -607,12 +618,15 @@ async fn commit_batch(
     for (i, e) in events.iter().enumerate() {
         first_of.entry(e.id).or_insert(i);
     }
-    let unique: Vec<&NewEvent> = events
+    let mut unique: Vec<&NewEvent> = events
         .iter()
         .enumerate()
         .filter(|(i, e)| first_of[&e.id] == *i)
         .map(|(_, e)| *e)
         .collect();
+    // One key order in every transaction: two replicas' batches never wait
+    // on each other in a cycle.
+    unique.sort_by_key(|e| e.id);
     let mut inserted = std::collections::HashSet::new();
     if !unique.is_empty() {
         let ids: Vec<Vec<u8>> = unique.iter().map(|e| e.id.to_bytes().to_vec()).collect();
@@ -693,94 +707,65 @@ async fn commit_batch(
         tx.commit().await.map_err(|e| inner.failed(e))?;
         return Ok((appends, Vec::new()));
     }
-    let statement = tx
-        .prepare_cached(&inner.sql.attempt)
-        .await
-        .map_err(|e| inner.failed(e))?;
-    let queries = updates.iter().map(|u| {
-        let id = u.event.to_bytes().to_vec();
-        let attempt = u.attempt.as_ref().map(attempt_json);
-        let number = u.attempt.as_ref().map_or(0, |a| a.attempt as i32);
-        let now = db_ms(
+    // Every attempt result of the batch in one statement.
+    let mut ids = Vec::with_capacity(updates.len());
+    let mut subs = Vec::with_capacity(updates.len());
+    let mut numbers = Vec::with_capacity(updates.len());
+    let mut records = Vec::with_capacity(updates.len());
+    let mut nows = Vec::with_capacity(updates.len());
+    let mut states = Vec::with_capacity(updates.len());
+    let mut dues = Vec::with_capacity(updates.len());
+    let mut reasons = Vec::with_capacity(updates.len());
+    let mut keeps = Vec::with_capacity(updates.len());
+    let mut closes = Vec::with_capacity(updates.len());
+    for u in &updates {
+        ids.push(u.event.to_bytes().to_vec());
+        subs.push(u.subscriber.to_string());
+        numbers.push(u.attempt.as_ref().map_or(0, |a| a.attempt as i32));
+        records.push(u.attempt.as_ref().map(attempt_json));
+        nows.push(db_ms(
             u.attempt
                 .as_ref()
                 .map_or_else(super::now_ms, |a| a.at_ms.saturating_add(a.duration_ms)),
-        );
-        let (state, due, reason, keep, closes) = match &u.next {
+        ));
+        let (state, due, reason, keep, close) = match &u.next {
             Next::Retry { due_ms, keep_claim } => (0i16, db_ms(*due_ms), None, *keep_claim, false),
             Next::Delivered => (1, 0, None, false, true),
             Next::Dead { reason } => (2, 0, Some(reason.clone()), false, false),
         };
-        let statement = statement.clone();
-        let tx = &tx;
-        let owner = inner.owner.clone();
-        let subscriber = u.subscriber.to_string();
-        async move {
-            tx.query_one(
-                &statement,
-                &[
-                    &id,
-                    &subscriber,
-                    &owner,
-                    &number,
-                    &attempt,
-                    &now,
-                    &state,
-                    &due,
-                    &reason,
-                    &keep,
-                    &closes,
-                ],
-            )
-            .await
-            .map(|row| {
-                if row.get::<_, i64>(0) > 0 {
-                    Recorded::Applied
-                } else {
-                    Recorded::Stale
-                }
-            })
-        }
-    });
-    let results = futures_join_all(queries).await;
-    let mut attempts = Vec::with_capacity(results.len());
-    for r in results {
-        attempts.push(r.map_err(|e| inner.failed(e))?);
+        states.push(state);
+        dues.push(due);
+        reasons.push(reason);
+        keeps.push(keep);
+        closes.push(close);
     }
+    let rows = tx
+        .query(
+            &inner.sql.attempt,
+            &[
+                &ids, &subs, &numbers, &records, &nows, &states, &dues, &reasons, &keeps,
+                &closes, &inner.owner,
+            ],
+        )
+        .await
+        .map_err(|e| inner.failed(e))?;
+    let applied: std::collections::HashSet<(Vec<u8>, String)> = rows
+        .iter()
+        .map(|r| (r.get::<_, Vec<u8>>(0), r.get::<_, String>(1)))
+        .collect();
+    let attempts: Vec<Recorded> = ids
+        .into_iter()
+        .zip(subs)
+        .map(|key| {
+            if applied.contains(&key) {
+                Recorded::Applied
+            } else {
+                Recorded::Stale
+            }
+        })
+        .collect();
     tx.commit().await.map_err(|e| inner.failed(e))?;
     Ok((appends, attempts))
-}
-
-/// Polls every future to completion (they share one connection, so their
-/// queries are pipelined), keeping their order.
-async fn futures_join_all<F: std::future::Future>(
-    futures: impl Iterator<Item = F>,
-) -> Vec<F::Output> {
-    let mut set = Vec::new();
-    for f in futures {
-        set.push(Box::pin(f));
-    }
-    let mut out: Vec<Option<F::Output>> = (0..set.len()).map(|_| None).collect();
-    std::future::poll_fn(|cx| {
-        let mut pending = false;
-        for (i, f) in set.iter_mut().enumerate() {
-            if out[i].is_none() {
-                match f.as_mut().poll(cx) {
-                    std::task::Poll::Ready(v) => out[i] = Some(v),
-                    std::task::Poll::Pending => pending = true,
-                }
-            }
-        }
-        if pending {
-            std::task::Poll::Pending
-        } else {
-            std::task::Poll::Ready(())
-        }
-    })
-    .await;
-    out.into_iter()
-        .map(|v| v.expect("every future finished"))
-        .collect()
 }
 
 /// Renews this replica's leases every third of the lease.
