@@ -28,7 +28,6 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::Instrument;
 
 use super::breaker::CircuitBreaker;
 use super::client::{AttemptResult, DeliveryClient};
@@ -518,36 +517,40 @@ async fn attempt(
     };
     let number = job.attempts + 1;
     let at_ms = now_ms();
-    let span = tracing::info_span!(
-        "delivery_attempt",
-        route = %subscriber.route,
-        subscriber = %subscriber.name,
-        event_id = %job.event,
-        attempt = number,
-    );
     let result = client
         .send(&subscriber, job.event, number, job.origin, body.clone())
-        .instrument(span.clone())
         .await;
     m.attempts(result.class).inc();
     m.attempt_duration.observe(result.elapsed.as_secs_f64());
     stats.record(at_ms, &result);
     let now = now_ms();
     let next = decide(&subscriber, &job, number, &result, now);
-    span.in_scope(|| match (&result.status, &result.error) {
-        (Some(status), _) => tracing::debug!(
+    // One line per attempt with everything in it (no span per attempt: on
+    // the hot path a span costs more than the line). A 2xx is routine and
+    // logged at `debug`; every failure at `info`.
+    let duration_ms = result.elapsed.as_millis() as u64;
+    match (&result.status, &result.error) {
+        (Some(status), _) if status.is_success() => tracing::debug!(
+            route = %subscriber.route,
+            subscriber = %subscriber.name,
+            event_id = %job.event,
+            attempt = number,
             status = status.as_u16(),
-            duration_ms = result.elapsed.as_millis() as u64,
-            next = ?next,
-            "attempt finished"
+            duration_ms,
+            "attempt delivered"
         ),
-        (None, error) => tracing::info!(
+        (status, error) => tracing::info!(
+            route = %subscriber.route,
+            subscriber = %subscriber.name,
+            event_id = %job.event,
+            attempt = number,
+            status = status.map(|s| s.as_u16()),
             error = error.as_deref().unwrap_or(""),
-            duration_ms = result.elapsed.as_millis() as u64,
+            duration_ms,
             next = ?next,
             "attempt failed"
         ),
-    });
+    }
     let healthy = Some(match result.status {
         Some(s) => !(s.is_server_error() || s.as_u16() == 429),
         None => false,

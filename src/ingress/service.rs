@@ -79,7 +79,9 @@ pub async fn handle(
 ) -> Response<Full<Bytes>> {
     let started = Instant::now();
     let received_ms = now_ms();
-    let span = tracing::info_span!(
+    // A `debug` span: routine requests are logged at `debug` too, and a
+    // span per request at `info` would cost more than the line it frames.
+    let span = tracing::debug_span!(
         "ingress",
         route = tracing::field::Empty,
         event_id = tracing::field::Empty,

@@ -723,11 +723,9 @@ async fn commit_batch(
         subs.push(u.subscriber.to_string());
         numbers.push(u.attempt.as_ref().map_or(0, |a| a.attempt as i32));
         records.push(u.attempt.as_ref().map(attempt_json));
-        nows.push(db_ms(
-            u.attempt
-                .as_ref()
-                .map_or_else(super::now_ms, |a| a.at_ms.saturating_add(a.duration_ms)),
-        ));
+        nows.push(db_ms(u.attempt.as_ref().map_or_else(super::now_ms, |a| {
+            a.at_ms.saturating_add(a.duration_ms)
+        })));
         let (state, due, reason, keep, close) = match &u.next {
             Next::Retry { due_ms, keep_claim } => (0i16, db_ms(*due_ms), None, *keep_claim, false),
             Next::Delivered => (1, 0, None, false, true),
@@ -743,8 +741,17 @@ async fn commit_batch(
         .query(
             &inner.sql.attempt,
             &[
-                &ids, &subs, &numbers, &records, &nows, &states, &dues, &reasons, &keeps,
-                &closes, &inner.owner,
+                &ids,
+                &subs,
+                &numbers,
+                &records,
+                &nows,
+                &states,
+                &dues,
+                &reasons,
+                &keeps,
+                &closes,
+                &inner.owner,
             ],
         )
         .await
