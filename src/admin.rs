@@ -483,9 +483,13 @@ fn event_query(query: &str) -> Result<EventQuery, ApiError> {
             "route" if !value.is_empty() => out.route = Some(value),
             "source_id" if !value.is_empty() => out.source_id = Some(value),
             "before" if !value.is_empty() => {
-                // Cursors are sequence numbers below 2^63 (PostgreSQL's
-                // bigint), so a larger number is no cursor of ours.
-                if !value.parse::<u64>().is_ok_and(|n| i64::try_from(n).is_ok()) {
+                // A cursor is a number below 2^63 (PostgreSQL's bigint)
+                // written as `next_before` writes it: no sign, no leading 0.
+                let cursor = value
+                    .parse::<u64>()
+                    .ok()
+                    .filter(|n| i64::try_from(*n).is_ok() && n.to_string() == value);
+                if cursor.is_none() {
                     return Err(ApiError::BadRequest(
                         "before must be a cursor from a previous page (`next_before`)".into(),
                     ));
