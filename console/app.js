@@ -22,16 +22,19 @@ function route() {
   const hash = location.hash.replace(/^#\/?/, '');
   const [path, search = ''] = hash.split('?', 2);
   const [page, ...rest] = path.split('/');
-  return {
-    page: pages[page] ? page : 'subscribers',
-    arg: rest.length ? decodeURIComponent(rest.join('/')) : null,
-    params: new URLSearchParams(search),
-  };
+  let arg = rest.length ? rest.join('/') : null;
+  try {
+    arg = arg === null ? null : decodeURIComponent(arg);
+  } catch {
+    // A malformed escape: look the text up as written.
+  }
+  return { page: pages[page] ? page : 'subscribers', arg, params: new URLSearchParams(search) };
 }
 
-function showError(title, text) {
+function showError(title, text, retry = true) {
   $('error-title').textContent = title;
   $('error-text').textContent = text;
+  $('error-retry').hidden = !retry;
   $('error').hidden = false;
 }
 
@@ -80,7 +83,7 @@ function context(main, r) {
         forgetToken();
         stop();
         showLogin();
-        showError(title, text);
+        showError(title, text, false);
         return;
       }
       showError(title, text);

@@ -17,7 +17,7 @@ export function deadLettersPage(ctx) {
   const p = ctx.params;
   const routeName = p.get('route') || '';
   const subscriberName = p.get('subscriber') || '';
-  const limit = Math.min(Number(p.get('limit')) || LIMIT, MAX_LIMIT);
+  const limit = Math.min(Math.max(Math.trunc(Number(p.get('limit'))) || LIMIT, 1), MAX_LIMIT);
   let stopped = false;
   let letters = [];
   const selected = new Set();
