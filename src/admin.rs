@@ -1,4 +1,6 @@
-//! The admin listener: health, readiness, metrics and the `/api/v1/` API.
+//! The admin listener: health, readiness, metrics, the `/api/v1/` API (its
+//! OpenAPI document at `/api/v1/openapi.json`) and the operator console at
+//! `/console/` ([`crate::console`]).
 //!
 //! Plain HTTP meant for a private address. `/api/v1/*` needs
 //! `Authorization: Bearer <admin.token>`; without a configured token the API
@@ -126,6 +128,13 @@ pub async fn handle(state: Arc<AdminState>, request: Request<Incoming>) -> Respo
                 HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
             );
             response
+        }
+        (_, "/healthz" | "/readyz" | "/metrics") => {
+            ApiError::MethodNotAllowed("GET").into_response()
+        }
+        (method, crate::console::OPENAPI_PATH) => crate::console::openapi(method),
+        (method, p) if p == "/console" || p.starts_with(crate::console::PREFIX) => {
+            crate::console::serve(method, p, request.headers())
         }
         (_, p) if p.starts_with("/api/v1/") => match api(&state, request).await {
             Ok(response) => response,
@@ -527,7 +536,13 @@ fn event_query(query: &str) -> Result<EventQuery, ApiError> {
             "route" if !value.is_empty() => out.route = Some(value),
             "source_id" if !value.is_empty() => out.source_id = Some(value),
             "before" if !value.is_empty() => {
-                if value.parse::<u64>().is_err() {
+                // A cursor is a number below 2^63 (PostgreSQL's bigint)
+                // written as `next_before` writes it: no sign, no leading 0.
+                let cursor = value
+                    .parse::<u64>()
+                    .ok()
+                    .filter(|n| i64::try_from(*n).is_ok() && n.to_string() == value);
+                if cursor.is_none() {
                     return Err(ApiError::BadRequest(
                         "before must be a cursor from a previous page (`next_before`)".into(),
                     ));

@@ -4,9 +4,10 @@
 //! [`ingress`] (TLS, route, auth, limits) → [`intake`] (parse, idempotency)
 //! → [`store`] (group commit; only then 2xx) → [`delivery`] (dispatcher,
 //! per-subscriber lanes, signed POSTs, retries, circuit breakers) → dead
-//! letters, inspected and replayed through [`admin`]. [`gateway`] wires
-//! them together from a [`config::Config`]. [`sink`] is a local
-//! subscriber for development (`hookrelay sink`).
+//! letters, inspected and replayed through [`admin`] (and its
+//! [`console`]). [`gateway`] wires them together from a
+//! [`config::Config`]. [`sink`] is a local subscriber for development
+//! (`hookrelay sink`).
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -14,6 +15,7 @@ pub mod admin;
 pub mod answer;
 pub mod cli;
 pub mod config;
+pub mod console;
 pub mod delivery;
 pub mod gateway;
 pub mod ingress;
