@@ -229,10 +229,15 @@ impl Sql {
                  ), c AS (
                    SELECT event_id, count(*)::int AS n, max(now_ms) AS at
                    FROM d WHERE closes GROUP BY event_id
+                 ), locked AS (
+                   -- Event rows are locked in one order in every
+                   -- transaction, so concurrent writers never deadlock.
+                   SELECT ev.id FROM {s}.events ev WHERE ev.id IN (SELECT event_id FROM c)
+                   ORDER BY ev.id FOR UPDATE
                  ), e AS (
                    UPDATE {s}.events ev SET open_count = ev.open_count - c.n,
                      done_ms = CASE WHEN ev.open_count - c.n = 0 THEN c.at ELSE ev.done_ms END
-                   FROM c WHERE ev.id = c.event_id
+                   FROM c WHERE ev.id = c.event_id AND ev.id IN (SELECT id FROM locked)
                  )
                  SELECT event_id, subscriber FROM d"
             ),
@@ -503,11 +508,18 @@ impl PostgresStore {
             observer: options.observer.clone(),
         });
         let (tx, rx) = mpsc::channel(options.max_batch.max(64) * 4);
-        let mut tasks = vec![tokio::spawn(writer_loop(
-            inner.clone(),
-            rx,
-            options.max_batch.max(1),
-        ))];
+        // Two writers take turns draining the queue, so one batch's commit
+        // (a round trip and the server's fsync) overlaps the next batch.
+        let rx = Arc::new(tokio::sync::Mutex::new(rx));
+        let mut tasks: Vec<_> = (0..WRITERS)
+            .map(|_| {
+                tokio::spawn(writer_loop(
+                    inner.clone(),
+                    rx.clone(),
+                    options.max_batch.max(1),
+                ))
+            })
+            .collect();
         tasks.push(tokio::spawn(renew_loop(inner.clone(), options.lease)));
         tasks.push(tokio::spawn(health_loop(inner.clone())));
         tasks.push(tokio::spawn(listen_loop(
@@ -548,15 +560,28 @@ impl PostgresStore {
     }
 }
 
+/// Writers committing batches at the same time.
+const WRITERS: usize = 2;
+
 /// Takes every waiting write and commits them together.
-async fn writer_loop(inner: Arc<Inner>, mut rx: mpsc::Receiver<Write>, max_batch: usize) {
+async fn writer_loop(
+    inner: Arc<Inner>,
+    rx: Arc<tokio::sync::Mutex<mpsc::Receiver<Write>>>,
+    max_batch: usize,
+) {
     let mut batch = Vec::with_capacity(max_batch);
-    while let Some(first) = rx.recv().await {
-        batch.push(first);
-        while batch.len() < max_batch {
-            match rx.try_recv() {
-                Ok(more) => batch.push(more),
-                Err(_) => break,
+    loop {
+        {
+            let mut rx = rx.lock().await;
+            let Some(first) = rx.recv().await else {
+                return;
+            };
+            batch.push(first);
+            while batch.len() < max_batch {
+                match rx.try_recv() {
+                    Ok(more) => batch.push(more),
+                    Err(_) => break,
+                }
             }
         }
         let started = Instant::now();
@@ -1664,7 +1689,7 @@ impl Store for PostgresStore {
         drop(self.writer.lock().expect("writer lock").take());
         let tasks: Vec<_> = std::mem::take(&mut *self.tasks.lock().expect("tasks lock"));
         let mut tasks = tasks.into_iter();
-        if let Some(writer) = tasks.next() {
+        for writer in tasks.by_ref().take(WRITERS) {
             let _ = writer.await;
         }
         let inner = &self.inner;
