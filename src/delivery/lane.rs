@@ -42,9 +42,16 @@ use crate::store::{
 /// due).
 const BODY_BYTES_IN_MEMORY: usize = 4 * 1024 * 1024;
 
-/// Deliveries a lane holds at most (waiting plus in flight); more wait in
-/// the store, unclaimed.
+/// Deliveries a lane claims from the store at most (waiting plus in
+/// flight): what a restart or a backlog loads, a page at a time.
 pub const LANE_CAPACITY: usize = 1024;
+
+/// Deliveries handed over by this process's intake that a lane keeps
+/// (beyond them a new delivery waits in the store, released). Higher than
+/// [`LANE_CAPACITY`]: a burst of fresh callbacks keeps its bodies in memory
+/// (within the body budget) instead of being released and read back, while
+/// a held delivery without its body costs about a hundred bytes.
+pub const HANDOVER_CAPACITY: usize = 16 * 1024;
 
 /// A retry due within this window keeps its claim and stays in memory; a
 /// later one is released to the store. Refills claim this far ahead, so a
@@ -364,7 +371,7 @@ impl Lane {
                 _ = self.stop.cancelled() => break,
                 msg = self.rx.recv() => match msg {
                     Some(LaneMsg::Job(mut job)) => {
-                        if queue.len() + in_flight >= LANE_CAPACITY {
+                        if queue.len() + in_flight >= HANDOVER_CAPACITY {
                             // Full: the delivery waits in the store for a later refill.
                             self.release(vec![job.event]);
                         } else {
