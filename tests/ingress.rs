@@ -924,3 +924,45 @@ async fn early_answers_over_http1_keep_or_close_the_connection() {
     assert!(closed.is_ok(), "the connection stays open");
     gw.gateway.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_reload_applies_connection_limits_live() {
+    let sink = Sink::start().await;
+    let yaml = config(&sink, "").replace(
+        "header_read_timeout: 500ms",
+        "header_read_timeout: 30s\n  max_connections: 10",
+    );
+    let gw = TestGateway::start(&yaml, None).await;
+    // Lowered to one connection by a reload: the next connections wait.
+    let text = yaml
+        .replace("max_connections: 10", "max_connections: 1")
+        .replace("{store}", &gw.dir.path().join("data").display().to_string())
+        .replace("{tls}\n", "");
+    gw.gateway
+        .reload(hookrelay::Config::from_yaml(&text, &|_| None).unwrap())
+        .await
+        .unwrap();
+    let idle = tokio::net::TcpStream::connect(gw.ingress).await.unwrap();
+    let client = TestClient::plain(gw.ingress);
+    let mut waiting = tokio::spawn(async move {
+        client
+            .post(
+                "/hooks/muapi",
+                TOKEN,
+                &muapi_body("live-limit", "completed"),
+            )
+            .await
+    });
+    let early = tokio::time::timeout(Duration::from_millis(300), &mut waiting).await;
+    assert!(
+        early.is_err(),
+        "the reloaded max_connections was not applied"
+    );
+    drop(idle);
+    let answer = tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .expect("served once the slot is free")
+        .unwrap();
+    assert_eq!(answer.status, StatusCode::OK);
+    gw.gateway.shutdown().await;
+}

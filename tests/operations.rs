@@ -1058,3 +1058,49 @@ async fn api_reload_applies_a_good_file_and_counts_a_refused_one() {
     assert_eq!(still.status, StatusCode::OK);
     gateway.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_reload_names_each_setting_that_needs_a_restart_and_keeps_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new();
+    let app = Sink::start().await;
+    let subs = format!("      - name: app\n        url: {}\n", app.url("/a"));
+    let config = binary_config(dir.path(), &pki, "\"tok-hhhh\"", &subs);
+    let running = spawn(&config).await;
+    let text = std::fs::read_to_string(&config).unwrap();
+    let moved = text
+        .replace(
+            "admin:\n  listen: \"127.0.0.1:0\"",
+            "admin:\n  listen: \"127.0.0.1:1\"",
+        )
+        .replace(
+            &format!("store:\n  path: \"{}\"", dir.path().join("data").display()),
+            &format!(
+                "store:\n  path: \"{}\"\n  max_batch: 7",
+                dir.path().join("data").display()
+            ),
+        )
+        .replace("level: debug", "level: info");
+    assert_ne!(moved, text);
+    std::fs::write(&config, moved).unwrap();
+    running.signal("-HUP");
+    eventually(Duration::from_secs(10), "the reload to be logged", || {
+        running.log_text().contains("config reloaded")
+    })
+    .await;
+    let logs = running.log_text();
+    for key in ["admin.listen", "store.max_batch", "log.level"] {
+        assert!(
+            logs.lines()
+                .any(|l| l.contains("changes only after a restart")
+                    && l.contains(&format!("\"key\":\"{key}\""))),
+            "{key} not named: {logs}"
+        );
+    }
+    // The admin listener stays where it was.
+    let admin = TestClient::plain(running.admin);
+    assert_eq!(
+        admin.send("GET", "/healthz", &[], "").await.status,
+        StatusCode::OK
+    );
+}
