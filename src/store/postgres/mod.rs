@@ -680,9 +680,15 @@ async fn commit_batch(
                 d_due.push(db_ms(e.received_ms));
             }
         }
+        // Prepared once per connection: these statements take longer to
+        // plan than to run.
+        let statement = tx
+            .prepare_cached(&inner.sql.append)
+            .await
+            .map_err(|e| inner.failed(e))?;
         let rows = tx
             .query(
-                &inner.sql.append,
+                &statement,
                 &[
                     &ids,
                     &routes,
@@ -762,9 +768,13 @@ async fn commit_batch(
         keeps.push(keep);
         closes.push(close);
     }
+    let statement = tx
+        .prepare_cached(&inner.sql.attempt)
+        .await
+        .map_err(|e| inner.failed(e))?;
     let rows = tx
         .query(
-            &inner.sql.attempt,
+            &statement,
             &[
                 &ids,
                 &subs,
@@ -998,9 +1008,13 @@ impl Store for PostgresStore {
     ) -> Result<Vec<Claimed>, StoreError> {
         let inner = &self.inner;
         let client = inner.client().await?;
+        let statement = client
+            .prepare_cached(&inner.sql.claim)
+            .await
+            .map_err(|e| inner.failed(e))?;
         let rows = client
             .query(
-                &inner.sql.claim,
+                &statement,
                 &[
                     &route,
                     &subscriber,
