@@ -425,13 +425,19 @@ impl Lane {
         self.stats.queued.store(0, Ordering::Relaxed);
         let waiting: Vec<EventId> = queue.into_values().map(|j| j.event).collect();
         if !waiting.is_empty() {
-            let store = &self.deps.store;
-            if let Err(e) = store
-                .release(&self.subscriber.route, &self.subscriber.name, &waiting)
-                .await
-            {
-                tracing::debug!(error = %e, "cannot release claims of a stopped lane");
-            }
+            // Released until it works (the store may be unreachable right
+            // now): a claim this process keeps but no lane holds would keep
+            // the deliveries from everyone until the process ends.
+            let store = self.deps.store.clone();
+            let (route, name) = (self.subscriber.route.clone(), self.subscriber.name.clone());
+            tokio::spawn(async move {
+                let mut wait = Duration::from_millis(250);
+                while let Err(e) = store.release(&route, &name, &waiting).await {
+                    tracing::debug!(error = %e, "cannot release claims of a stopped lane; retrying");
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(30));
+                }
+            });
         }
     }
 

@@ -46,11 +46,23 @@ use super::{
 const MIGRATIONS: &[(i32, &str)] = &[
     (1, include_str!("0001_init.sql")),
     (2, include_str!("0002_expected.sql")),
+    (3, include_str!("0003_replicas.sql")),
 ];
 
 /// The database clock in unix milliseconds (leases are compared with it,
 /// so replicas with skewed clocks still agree on who holds what).
 const NOW_MS: &str = "(extract(epoch from clock_timestamp()) * 1000)::bigint";
+
+/// The SQL condition under which a row of `{table}` (aliased `alias`) may
+/// be claimed: nobody holds it, or its lease ended and its owner's
+/// heartbeat stopped (the owner died or lost the database).
+fn claimable(schema: &str, alias: &str) -> String {
+    format!(
+        "({alias}.owner IS NULL OR ({alias}.lease_until < {NOW_MS} AND NOT EXISTS (
+            SELECT 1 FROM {schema}.replicas r
+            WHERE r.owner = {alias}.owner AND r.alive_until >= {NOW_MS})))"
+    )
+}
 
 /// The first key of every advisory lock this store takes ("hrly").
 const LOCK_SPACE: i32 = 0x6872_6c79;
@@ -160,6 +172,7 @@ struct Sql {
 
 impl Sql {
     fn new(s: &str) -> Self {
+        let free = claimable(s, "dd");
         Self {
             append: format!(
                 "WITH input AS (
@@ -243,9 +256,9 @@ impl Sql {
             ),
             claim: format!(
                 "WITH picked AS (
-                   SELECT event_id, subscriber FROM {s}.deliveries
+                   SELECT event_id, subscriber FROM {s}.deliveries dd
                    WHERE route = $1 AND subscriber = $2 AND state = 0 AND due_ms <= $3
-                     AND (owner IS NULL OR lease_until < {NOW_MS})
+                     AND {free}
                    ORDER BY due_ms LIMIT $4
                    FOR UPDATE SKIP LOCKED
                  )
@@ -260,12 +273,13 @@ impl Sql {
                  WHERE owner = $1 AND route = $2 AND subscriber = $3 AND event_id = ANY($4) AND state = 0"
             ),
             renew: format!(
-                "WITH t AS (UPDATE {s}.expected_tasks SET lease_until = {NOW_MS} + $2
-                            WHERE owner = $1 AND state IN (0, 1))
-                 UPDATE {s}.deliveries SET lease_until = {NOW_MS} + $2 WHERE owner = $1 AND state = 0"
+                "INSERT INTO {s}.replicas (owner, alive_until, started_ms)
+                 VALUES ($1, {NOW_MS} + $2, {NOW_MS})
+                 ON CONFLICT (owner) DO UPDATE SET alive_until = EXCLUDED.alive_until"
             ),
             release_all: format!(
-                "WITH t AS (UPDATE {s}.expected_tasks SET owner = NULL, lease_until = NULL WHERE owner = $1)
+                "WITH t AS (UPDATE {s}.expected_tasks SET owner = NULL, lease_until = NULL WHERE owner = $1),
+                      h AS (DELETE FROM {s}.replicas WHERE owner = $1)
                  UPDATE {s}.deliveries SET owner = NULL, lease_until = NULL WHERE owner = $1"
             ),
             notify: format!("SELECT pg_notify('hookrelay_{s}', 'work')"),
@@ -507,6 +521,13 @@ impl PostgresStore {
             stop: CancellationToken::new(),
             observer: options.observer.clone(),
         });
+        // This replica's heartbeat, before it claims anything.
+        inner
+            .client()
+            .await?
+            .execute(&inner.sql.renew, &[&inner.owner, &inner.lease_ms])
+            .await
+            .map_err(|e| inner.failed(e))?;
         let (tx, rx) = mpsc::channel(options.max_batch.max(64) * 4);
         // Two writers take turns draining the queue, so one batch's commit
         // (a round trip and the server's fsync) overlaps the next batch.
@@ -1348,14 +1369,15 @@ impl Store for PostgresStore {
     ) -> Result<usize, StoreError> {
         let inner = &self.inner;
         let s = &inner.schema;
+        let free = claimable(s, "dd");
         let client = inner.client().await?;
         let n = client
             .execute(
                 &format!(
                     "WITH t AS (
-                       SELECT event_id, subscriber FROM {s}.deliveries
+                       SELECT event_id, subscriber FROM {s}.deliveries dd
                        WHERE route = $1 AND subscriber = $2 AND state = 0
-                         AND (owner IS NULL OR lease_until < {NOW_MS})
+                         AND {free}
                        LIMIT $3 FOR UPDATE SKIP LOCKED
                      )
                      UPDATE {s}.deliveries d SET state = 2, dead_reason = $4, updated_ms = $5,
@@ -1474,6 +1496,15 @@ impl Store for PostgresStore {
             )
             .await
             .map_err(|e| inner.failed(e))? as usize;
+        tx.execute(
+            &format!(
+                "DELETE FROM {s}.replicas WHERE alive_until < {NOW_MS} - 3600000
+                 AND NOT EXISTS (SELECT 1 FROM {s}.deliveries d WHERE d.owner = replicas.owner)"
+            ),
+            &[],
+        )
+        .await
+        .map_err(|e| inner.failed(e))?;
         let key_cutoff = db_ms(policy.now_ms.saturating_sub(policy.ttl_ms));
         let keys = tx
             .execute(
@@ -1594,14 +1625,15 @@ impl Store for PostgresStore {
     ) -> Result<Vec<ExpectedTask>, StoreError> {
         let inner = &self.inner;
         let s = &inner.schema;
+        let free = claimable(s, "dd");
         let client = inner.client().await?;
         let rows = client
             .query(
                 &format!(
                     "WITH picked AS (
-                       SELECT route, id FROM {s}.expected_tasks
+                       SELECT route, id FROM {s}.expected_tasks dd
                        WHERE state IN (0, 1) AND next_poll_ms <= $1
-                         AND (owner IS NULL OR lease_until < {NOW_MS})
+                         AND {free}
                        ORDER BY next_poll_ms LIMIT $2 FOR UPDATE SKIP LOCKED
                      )
                      UPDATE {s}.expected_tasks t SET owner = $3, lease_until = {NOW_MS} + $4
