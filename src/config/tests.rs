@@ -73,6 +73,51 @@ fn a_secret_where_a_list_belongs_is_not_echoed() {
     assert_problem(&yaml, "routes[0].subscribers[0].signing_secrets", "list");
 }
 
+#[test]
+fn unreadable_file_paths_are_not_echoed() {
+    // Found by the `config` fuzz target: a `ca_file` (or TLS file) path
+    // from the environment was quoted in the problem about the file.
+    let dir = format!("/nonexistent/{SECRET}");
+    let yaml = VALID
+        .replace(
+            "  listen: \"127.0.0.1:0\"\nadmin",
+            "  listen: \"127.0.0.1:0\"\n  tls: { cert: \"/nonexistent/${SIGNING}/cert.pem\", key: k.pem }\nadmin",
+        )
+        .replace(
+            "        url: http://127.0.0.1:3000/x",
+            "        url: http://127.0.0.1:3000/x\n        ca_file: \"/nonexistent/${SIGNING}/ca.pem\"",
+        );
+    let err = Config::from_yaml(&yaml, &env).unwrap_err();
+    let text = format!("{err} {:?}", err.problems());
+    assert!(!text.contains(&dir), "the path leaked: {text}");
+    assert_problem(
+        &yaml,
+        "routes[0].subscribers[0].ca_file",
+        "cannot read CA certificates",
+    );
+    assert_problem(
+        &yaml,
+        "server.tls",
+        "cannot load the certificate chain from `cert`",
+    );
+    // A readable chain, so the key is read (and cannot be).
+    let tmp = tempfile::tempdir().unwrap();
+    let cert = tmp.path().join("cert.pem");
+    let certified = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    std::fs::write(&cert, certified.cert.pem()).unwrap();
+    let yaml = yaml
+        .replace("/nonexistent/${SIGNING}/cert.pem", cert.to_str().unwrap())
+        .replace("k.pem", "\"/nonexistent/${SIGNING}/key.pem\"");
+    let err = Config::from_yaml(&yaml, &env).unwrap_err();
+    let text = format!("{err} {:?}", err.problems());
+    assert!(!text.contains(&dir), "the path leaked: {text}");
+    assert_problem(
+        &yaml,
+        "server.tls",
+        "cannot load the private key from `key`",
+    );
+}
+
 // ---- item 4: plain scalars keep their text --------------------------------
 
 #[test]

@@ -75,8 +75,20 @@ impl Config {
         if let Some(tls) = &self.server.tls {
             match (&tls.cert, &tls.key, &tls.self_signed) {
                 (Some(cert), Some(key), None) => {
-                    if let Err(e) = crate::ingress::tls::load_pem_files(cert, key) {
-                        p.push(Problem::new("server.tls", e.to_string()));
+                    // The message names the key, not the path (it may
+                    // come from the environment).
+                    use crate::ingress::tls::TlsError;
+                    match crate::ingress::tls::load_pem_files(cert, key) {
+                        Ok(_) => {}
+                        Err(TlsError::Cert { reason, .. }) => p.push(Problem::new(
+                            "server.tls",
+                            format!("cannot load the certificate chain from `cert`: {reason}"),
+                        )),
+                        Err(TlsError::Key { reason, .. }) => p.push(Problem::new(
+                            "server.tls",
+                            format!("cannot load the private key from `key`: {reason}"),
+                        )),
+                        Err(e) => p.push(Problem::new("server.tls", e.to_string())),
                     }
                 }
                 (None, None, Some(names)) => {
@@ -379,8 +391,13 @@ impl Config {
             }
         }
         if let Some(ca) = &sub.ca_file {
-            if let Err(e) = crate::delivery::client::load_ca_file(ca) {
-                p.push(Problem::new(format!("{at}.ca_file"), e.to_string()));
+            // The message names the key, not the path (it may come from
+            // the environment).
+            if let Err(reason) = crate::pem::certificates(ca) {
+                p.push(Problem::new(
+                    format!("{at}.ca_file"),
+                    format!("cannot read CA certificates from the file: {reason}"),
+                ));
             }
         }
         if let Some(timeout) = sub.timeout {
