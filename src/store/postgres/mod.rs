@@ -8,9 +8,12 @@
 //!   (the other answers `duplicate`) — then commits once.
 //! - Claims are leases: `owner` (this replica) and `lease_until` (database
 //!   clock), taken with `FOR UPDATE SKIP LOCKED` in small batches by due
-//!   time, renewed every third of the lease while the replica lives, and
-//!   released at shutdown. A replica that dies without releasing loses its
-//!   claims when their leases end; another replica then claims them. An
+//!   time from the unclaimed rows only (an index of their own), kept while
+//!   the replica's heartbeat (one row per replica, renewed every third of
+//!   the lease) lives, and released at shutdown. A replica that dies
+//!   without releasing loses its claims once their leases and its heartbeat
+//!   have ended: the next heartbeat of any live replica gives them back and
+//!   wakes every replica's lanes, which then claim them. An
 //!   attempt's result is written only while `owner` is still this replica,
 //!   so a replica that lost its lease never overwrites another's result.
 //! - When the server is unreachable every write fails fast (the ingress
@@ -47,6 +50,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (1, include_str!("0001_init.sql")),
     (2, include_str!("0002_expected.sql")),
     (3, include_str!("0003_replicas.sql")),
+    (4, include_str!("0004_free_claims.sql")),
 ];
 
 /// The database clock in unix milliseconds (leases are compared with it,
@@ -163,6 +167,8 @@ struct Sql {
     append: String,
     attempt: String,
     claim: String,
+    dead_owners: String,
+    takeover: String,
     release: String,
     renew: String,
     release_all: String,
@@ -172,7 +178,6 @@ struct Sql {
 
 impl Sql {
     fn new(s: &str) -> Self {
-        let free = claimable(s, "dd");
         Self {
             append: format!(
                 "WITH input AS (
@@ -236,8 +241,15 @@ impl Sql {
                      owner = CASE WHEN u.keep THEN d.owner ELSE NULL END,
                      lease_until = CASE WHEN u.keep THEN d.lease_until ELSE NULL END
                    FROM u
+                   -- Rows are found by primary key, one per result (see
+                   -- commit_batch). The two other tests are written so
+                   -- that no index matches them (`IS NOT DISTINCT FROM` is
+                   -- `=` here, `state + 0` is `state`): otherwise the
+                   -- planner may drive this update from the owner index or
+                   -- the pending-rows index and compare every row this
+                   -- replica holds with every result.
                    WHERE d.event_id = u.event_id AND d.subscriber = u.subscriber
-                     AND d.state = 0 AND d.owner = $11
+                     AND d.state + 0 = 0 AND d.owner IS NOT DISTINCT FROM $11
                    RETURNING d.event_id, d.subscriber, u.closes, u.now_ms
                  ), c AS (
                    SELECT event_id, count(*)::int AS n, max(now_ms) AS at
@@ -254,11 +266,15 @@ impl Sql {
                  )
                  SELECT event_id, subscriber FROM d"
             ),
+            // Only unclaimed rows, through their own partial index
+            // (`deliveries_free`): rows this or another live replica holds
+            // are never walked, however long the backlog. Claims of a dead
+            // replica are first given back by `takeover`.
             claim: format!(
                 "WITH picked AS (
-                   SELECT event_id, subscriber FROM {s}.deliveries dd
-                   WHERE route = $1 AND subscriber = $2 AND state = 0 AND due_ms <= $3
-                     AND {free}
+                   SELECT event_id, subscriber FROM {s}.deliveries
+                   WHERE route = $1 AND subscriber = $2 AND state = 0 AND owner IS NULL
+                     AND due_ms <= $3
                    ORDER BY due_ms LIMIT $4
                    FOR UPDATE SKIP LOCKED
                  )
@@ -268,9 +284,15 @@ impl Sql {
                    AND e.id = d.event_id
                  RETURNING d.event_id, d.attempts, d.due_ms, d.schedule_start_ms, e.received_ms, e.origin"
             ),
+            dead_owners: format!("SELECT owner FROM {s}.replicas WHERE alive_until < {NOW_MS}"),
+            takeover: format!(
+                "UPDATE {s}.deliveries SET owner = NULL, lease_until = NULL
+                 WHERE owner = $1 AND lease_until < {NOW_MS}"
+            ),
             release: format!(
                 "UPDATE {s}.deliveries SET owner = NULL, lease_until = NULL
-                 WHERE owner = $1 AND route = $2 AND subscriber = $3 AND event_id = ANY($4) AND state = 0"
+                 WHERE owner IS NOT DISTINCT FROM $1 AND route = $2 AND subscriber = $3
+                   AND event_id = ANY($4) AND state = 0"
             ),
             renew: format!(
                 "INSERT INTO {s}.replicas (owner, alive_until, started_ms)
@@ -305,6 +327,25 @@ fn pool(options: &PostgresOptions) -> Result<(tokio_postgres::Config, Pool), Sto
         },
     );
     let pool = Pool::builder(manager)
+        .post_create(deadpool_postgres::Hook::async_fn(|client, _| {
+            Box::pin(async move {
+                // Every statement is planned for the table as it is when it
+                // runs. A prepared statement otherwise switches to a
+                // generic plan after five runs, costed on the tables as
+                // they were then: on a fresh schema (empty tables, and no
+                // statistics until autovacuum's first ANALYZE, never where
+                // autovacuum is off) that plan scans whole tables, and it
+                // stays cached for the connection's life. Measured: 139
+                // fan-out-3 callbacks/s with cached generic plans against
+                // the same build's rate with this set (BENCHMARKS.md).
+                // Best effort: a server without the setting (before
+                // PostgreSQL 12) keeps its default.
+                let _ = client
+                    .batch_execute("SET plan_cache_mode = force_custom_plan")
+                    .await;
+                Ok(())
+            })
+        }))
         .max_size(options.pool_size.max(2))
         .wait_timeout(Some(Duration::from_secs(2)))
         .create_timeout(Some(Duration::from_secs(5)))
@@ -473,7 +514,10 @@ impl Inner {
 /// PostgreSQL behind the [`Store`] trait.
 pub struct PostgresStore {
     inner: Arc<Inner>,
-    writer: Mutex<Option<mpsc::Sender<Write>>>,
+    /// The queues of the group-committing writers: appends, and attempt
+    /// results. Kept apart so that a callback's 2xx waits only for other
+    /// appends' commit, never for a batch of attempt results.
+    writer: Mutex<Option<[mpsc::Sender<Write>; 2]>>,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
@@ -528,19 +572,24 @@ impl PostgresStore {
             .execute(&inner.sql.renew, &[&inner.owner, &inner.lease_ms])
             .await
             .map_err(|e| inner.failed(e))?;
-        let (tx, rx) = mpsc::channel(options.max_batch.max(64) * 4);
-        // Two writers take turns draining the queue, so one batch's commit
-        // (a round trip and the server's fsync) overlaps the next batch.
-        let rx = Arc::new(tokio::sync::Mutex::new(rx));
-        let mut tasks: Vec<_> = (0..WRITERS)
-            .map(|_| {
-                tokio::spawn(writer_loop(
+        takeover(&inner).await?;
+        // Two queues (appends, attempt results), each drained by
+        // [`WRITERS`] writers taking turns, so one batch's commit (a round
+        // trip and the server's fsync) overlaps the next batch, and an
+        // append never waits behind attempt results.
+        let mut tasks = Vec::new();
+        let queues = [(); 2].map(|_| {
+            let (tx, rx) = mpsc::channel(options.max_batch.max(64) * 4);
+            let rx = Arc::new(tokio::sync::Mutex::new(rx));
+            for _ in 0..WRITERS {
+                tasks.push(tokio::spawn(writer_loop(
                     inner.clone(),
                     rx.clone(),
                     options.max_batch.max(1),
-                ))
-            })
-            .collect();
+                )));
+            }
+            tx
+        });
         tasks.push(tokio::spawn(renew_loop(inner.clone(), options.lease)));
         tasks.push(tokio::spawn(health_loop(inner.clone())));
         tasks.push(tokio::spawn(listen_loop(
@@ -551,7 +600,7 @@ impl PostgresStore {
         tracing::info!(schema = %options.schema, owner = %inner.owner, "PostgreSQL store open");
         Ok(Self {
             inner,
-            writer: Mutex::new(Some(tx)),
+            writer: Mutex::new(Some(queues)),
             tasks: Mutex::new(tasks),
         })
     }
@@ -566,13 +615,15 @@ impl PostgresStore {
         make: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> Write,
     ) -> Result<T, StoreError> {
         let stopped = || StoreError::Unavailable("the store is closed".into());
-        let writer = self.writer.lock().expect("writer lock").clone();
-        let writer = writer.ok_or_else(stopped)?;
+        let queues = self.writer.lock().expect("writer lock").clone();
+        let queues = queues.ok_or_else(stopped)?;
         let (reply, answer) = oneshot::channel();
-        match writer
-            .send_timeout(make(reply), Duration::from_secs(2))
-            .await
-        {
+        let write = make(reply);
+        let queue = match write {
+            Write::Append(..) => &queues[0],
+            Write::Attempt(..) => &queues[1],
+        };
+        match queue.send_timeout(write, Duration::from_secs(2)).await {
             Ok(()) => {}
             Err(mpsc::error::SendTimeoutError::Timeout(_)) => return Err(StoreError::Overloaded),
             Err(mpsc::error::SendTimeoutError::Closed(_)) => return Err(stopped()),
@@ -581,7 +632,7 @@ impl PostgresStore {
     }
 }
 
-/// Writers committing batches at the same time.
+/// Writers committing batches at the same time, per queue.
 const WRITERS: usize = 2;
 
 /// Takes every waiting write and commits them together.
@@ -789,6 +840,16 @@ async fn commit_batch(
         keeps.push(keep);
         closes.push(close);
     }
+    // The attempt statement must find its rows by primary key, one lookup
+    // per result. Without this the planner, short of statistics (a fresh
+    // table, or autovacuum off) and misled by the tests it cannot see
+    // through, may read the held rows by a full or bitmap scan and compare
+    // each with every result: measured 26 to 75 ms per statement of
+    // 50 to 130 results, instead of 2 ms. Only this transaction's
+    // remaining statement is affected.
+    tx.batch_execute("SET LOCAL enable_seqscan = off; SET LOCAL enable_bitmapscan = off")
+        .await
+        .map_err(|e| inner.failed(e))?;
     let statement = tx
         .prepare_cached(&inner.sql.attempt)
         .await
@@ -850,7 +911,42 @@ async fn renew_loop(inner: Arc<Inner>, lease: Duration) {
             }
             Err(e) => tracing::warn!(error = %e, "cannot renew delivery leases"),
         }
+        if let Err(e) = takeover(&inner).await {
+            tracing::warn!(error = %e, "cannot take over the claims of stopped replicas");
+        }
     }
+}
+
+/// Gives back the claims of replicas whose heartbeat stopped (killed, or
+/// cut off from the database) once each claim's own lease has ended too,
+/// and wakes every replica's lanes to claim them. Runs at open and with
+/// every heartbeat, so a dead replica's deliveries move within a third of
+/// the lease after it expires. Dead replicas are read first from their
+/// small table, and their claims found through the owner index: a replica
+/// that is not dead costs nothing here, and claiming (`claim_due`) never
+/// walks rows a live replica holds.
+async fn takeover(inner: &Inner) -> Result<u64, StoreError> {
+    let client = inner.client().await?;
+    let dead = client
+        .query(&inner.sql.dead_owners, &[])
+        .await
+        .map_err(|e| inner.failed(e))?;
+    let mut released = 0;
+    for row in dead {
+        let owner: &str = row.get(0);
+        released += client
+            .execute(&inner.sql.takeover, &[&owner])
+            .await
+            .map_err(|e| inner.failed(e))?;
+    }
+    if released > 0 {
+        tracing::info!(
+            deliveries = released,
+            "took over the claims of a stopped replica"
+        );
+        let _ = client.execute(&inner.sql.notify, &[]).await;
+    }
+    Ok(released)
 }
 
 /// Checks the server every second; readiness follows.
@@ -1735,7 +1831,7 @@ impl Store for PostgresStore {
         drop(self.writer.lock().expect("writer lock").take());
         let tasks: Vec<_> = std::mem::take(&mut *self.tasks.lock().expect("tasks lock"));
         let mut tasks = tasks.into_iter();
-        for writer in tasks.by_ref().take(WRITERS) {
+        for writer in tasks.by_ref().take(2 * WRITERS) {
             let _ = writer.await;
         }
         let inner = &self.inner;
