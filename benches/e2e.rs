@@ -1137,11 +1137,24 @@ async fn scenario(opts: &Options, pki: &Pki, s: &Scenario, run: u64, rate: Optio
     }
     let (metric_file, metric_used) = store_bytes(&end_page);
     let file = file_len(gateways[0].store_file.as_ref());
+    let store_file = gateways[0].store_file.clone();
     for gateway in gateways {
         stop(gateway).await;
     }
     drop(schema);
     let per_callback = |bytes: f64| round(bytes / load.accepted.max(1) as f64, 0);
+    // What each table of the embedded store costs per callback (bytes
+    // include redb's page overhead and fragmentation).
+    let tables = store_file.as_deref().map(store_tables).map(|mut t| {
+        if let Some(map) = t.as_object_mut() {
+            for v in map.values_mut() {
+                if let Some(bytes) = v.get("bytes").and_then(Value::as_f64) {
+                    v["bytes_per_callback"] = json!(per_callback(bytes));
+                }
+            }
+        }
+        t
+    });
     let peak = peaks.iter().copied().fold(0.0, f64::max);
     json!({
         "scenario": s.name,
@@ -1178,6 +1191,7 @@ async fn scenario(opts: &Options, pki: &Pki, s: &Scenario, run: u64, rate: Optio
             "empty_used": empty_used,
             "file_per_callback": per_callback(if file.is_nan() { metric_file } else { file }),
             "used_per_callback": per_callback(metric_used),
+            "tables": tables,
             "used_per_callback_net": per_callback(metric_used - empty_used),
         },
     })
@@ -1186,7 +1200,8 @@ async fn scenario(opts: &Options, pki: &Pki, s: &Scenario, run: u64, rate: Optio
 // ---------------------------------------------------------------- steady state
 
 /// The embedded store's tables as the harness reads them after the gateway
-/// stopped: entries and bytes of `keys` and `events`. Reads redb directly
+/// stopped: entries and bytes of `keys`, `events` and the store's other
+/// tables. Reads redb directly
 /// (read-only, untyped), so it follows the store's table names; a layout
 /// without them gives an `error` entry, not a failure.
 fn store_tables(file: &Path) -> Value {
@@ -1208,7 +1223,15 @@ fn store_tables(file: &Path) -> Value {
                 "pages": stats.leaf_pages() + stats.branch_pages(),
             }))
         };
-        Ok(json!({ "keys": table("keys")?, "events": table("events")? }))
+        // `keys` and `events` must exist; the other tables are reported
+        // when present (a name missing from a later layout is skipped).
+        let mut out = json!({ "keys": table("keys")?, "events": table("events")? });
+        for name in ["due", "dead", "done", "sources", "counts", "names", "meta"] {
+            if let Ok(t) = table(name) {
+                out[name] = t;
+            }
+        }
+        Ok(out)
     };
     read().unwrap_or_else(|e| json!({ "error": e }))
 }

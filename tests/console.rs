@@ -514,7 +514,11 @@ async fn login_subscribers_and_unreachable_api() {
 /// body and headers hold HTML is shown as text and runs nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_search_timeline_and_untrusted_bodies() {
-    let (gw, sinks) = gateway(Some(ADMIN_TOKEN), 1000).await;
+    // The breaker opens after three failures (cooldown 10 min), so the
+    // timeline holds exactly three attempts and a pending next one however
+    // long the browser takes to start (with retries going on, attempt 3
+    // would leave the newest-20 view after a few seconds).
+    let (gw, sinks) = gateway(Some(ADMIN_TOKEN), 3).await;
     let event = post(&gw, &muapi_body("task-console-42", "completed"), &[]).await;
     // Three failed attempts of `analytics` for the timeline.
     sinks.analytics.wait_for(3, STEP).await;
