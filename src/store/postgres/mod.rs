@@ -335,11 +335,10 @@ fn pool(options: &PostgresOptions) -> Result<(tokio_postgres::Config, Pool), Sto
                 // they were then: on a fresh schema (empty tables, and no
                 // statistics until autovacuum's first ANALYZE, never where
                 // autovacuum is off) that plan scans whole tables, and it
-                // stays cached for the connection's life. Measured: 139
-                // fan-out-3 callbacks/s with cached generic plans against
-                // the same build's rate with this set (BENCHMARKS.md).
-                // Best effort: a server without the setting (before
-                // PostgreSQL 12) keeps its default.
+                // stays cached for the connection's life (BENCHMARKS.md,
+                // "What changed for PostgreSQL"). Best effort: a server
+                // without the setting (before PostgreSQL 12) keeps its
+                // default.
                 let _ = client
                     .batch_execute("SET plan_cache_mode = force_custom_plan")
                     .await;
