@@ -934,14 +934,8 @@ async fn a_reload_applies_connection_limits_live() {
     );
     let gw = TestGateway::start(&yaml, None).await;
     // Lowered to one connection by a reload: the next connections wait.
-    let text = yaml
-        .replace("max_connections: 10", "max_connections: 1")
-        .replace("{store}", &gw.dir.path().join("data").display().to_string())
-        .replace("{tls}\n", "");
-    gw.gateway
-        .reload(hookrelay::Config::from_yaml(&text, &|_| None).unwrap())
-        .await
-        .unwrap();
+    gw.reload(&yaml.replace("max_connections: 10", "max_connections: 1"))
+        .await;
     let idle = tokio::net::TcpStream::connect(gw.ingress).await.unwrap();
     let client = TestClient::plain(gw.ingress);
     let mut waiting = tokio::spawn(async move {

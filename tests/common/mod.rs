@@ -584,6 +584,9 @@ pub struct TestGateway {
     pub dir: tempfile::TempDir,
     pub ingress: SocketAddr,
     pub admin: SocketAddr,
+    /// The TLS block `{tls}` was filled with at start (empty without TLS),
+    /// so a reload fills it the same way.
+    tls: String,
 }
 
 /// The ingress TLS block for `pki`, written into `dir`.
@@ -601,18 +604,32 @@ impl TestGateway {
     pub async fn start(yaml: &str, pki: Option<&Pki>) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let tls = pki.map(|p| tls_block(p, dir.path())).unwrap_or_default();
-        let text = yaml
-            .replace("{store}", &dir.path().join("data").display().to_string())
-            .replace("{tls}\n", &tls);
-        let config = Config::from_yaml(&text, &|_| None).unwrap_or_else(|e| panic!("{e}"));
+        let config =
+            Config::from_yaml(&fill(yaml, &dir, &tls), &|_| None).unwrap_or_else(|e| panic!("{e}"));
         let gateway = Gateway::start(config).await.expect("gateway starts");
         Self {
             ingress: gateway.ingress_addr,
             admin: gateway.admin_addr,
             gateway,
             dir,
+            tls,
         }
     }
+
+    /// Reloads the running gateway with `yaml`, its `{store}` and `{tls}`
+    /// placeholders filled as at start (the in-process equivalent of
+    /// SIGHUP with a changed file).
+    pub async fn reload(&self, yaml: &str) {
+        let config = Config::from_yaml(&fill(yaml, &self.dir, &self.tls), &|_| None)
+            .unwrap_or_else(|e| panic!("{e}"));
+        self.gateway.reload(config).await.expect("reload accepted");
+    }
+}
+
+/// A test config with its `{store}` and `{tls}` placeholders filled.
+fn fill(yaml: &str, dir: &tempfile::TempDir, tls: &str) -> String {
+    yaml.replace("{store}", &dir.path().join("data").display().to_string())
+        .replace("{tls}\n", tls)
 }
 
 /// Verifies a Standard Webhooks signature independently of hookrelay's
