@@ -117,13 +117,17 @@ async fn the_file_stays_flat_over_several_retention_windows() {
         println!("round {round}: file {} {used}", sizes.last().unwrap());
     }
     println!("file size per round: {sizes:?}");
-    // The disk stops growing: the last half never needs more room than the
-    // first half did (it may give some back: redb truncates free space at
-    // the end of the file).
-    let (first, last) = sizes.split_at(rounds / 2);
-    let (first_max, last_max) = (*first.iter().max().unwrap(), *last.iter().max().unwrap());
+    // The disk stops growing: across the last half of the run every size
+    // is within 10 % of the smallest (the target of issue 14). redb grows
+    // its file in steps, and one step may come late in the first windows
+    // (the pages a round frees are reused only once no reader holds them),
+    // so the last half is compared with itself: a store that kept growing
+    // would add some 800 KB a round here (800 callbacks of about 1 KB),
+    // far beyond 10 % of a file under 1 MB.
+    let last = &sizes[rounds / 2..];
+    let (last_min, last_max) = (*last.iter().min().unwrap(), *last.iter().max().unwrap());
     assert!(
-        last_max as f64 <= first_max as f64 * 1.10,
+        last_max as f64 <= last_min as f64 * 1.10,
         "the file kept growing: {sizes:?}"
     );
     gw.shutdown().await;
