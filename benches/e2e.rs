@@ -915,7 +915,10 @@ routes:
     );
     let path = dir.join(format!("{name}.yaml"));
     std::fs::write(&path, config).unwrap();
-    let mut command = tokio::process::Command::new(BIN);
+    // `HOOKRELAY_BENCH_BIN` runs another build's gateway under the same
+    // harness (before/after comparisons on one machine, one day).
+    let bin = std::env::var_os("HOOKRELAY_BENCH_BIN").unwrap_or_else(|| BIN.into());
+    let mut command = tokio::process::Command::new(bin);
     command
         .args(["run", "--config"])
         .arg(&path)

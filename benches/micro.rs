@@ -1,6 +1,7 @@
 //! Micro-benchmarks of the hot paths (criterion): intake parsing and keying,
-//! Standard Webhooks signing, the idempotency cache at a million keys, and
-//! the store's group commit at batch sizes 1, 16 and 256.
+//! Standard Webhooks signing, the idempotency cache at a million keys, the
+//! store's group commit at batch sizes 1, 16 and 256, and packing a body
+//! for the embedded store (deflate primed with a dictionary) and back.
 //!
 //! Run: `cargo bench --bench micro`. Results and method: BENCHMARKS.md.
 
@@ -11,6 +12,7 @@ use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criteri
 use hookrelay::config::Filter;
 use hookrelay::intake::idempotency::{Claim, IdempotencyCache};
 use hookrelay::intake::{event_digest, muapi};
+use hookrelay::store::codec::StoredBody;
 use hookrelay::store::embedded::{EmbeddedOptions, EmbeddedStore};
 use hookrelay::store::{EventId, NewEvent, Origin, Store};
 
@@ -176,5 +178,22 @@ fn group_commit(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, intake, signing, idempotency, group_commit);
+fn body_packing(c: &mut Criterion) {
+    let raw = Bytes::from(muapi_payload("6a1e0c4e-3f1b-4a7e-9d43-2b0c8f6e1a11"));
+    let packed = StoredBody::pack(&raw);
+    let mut group = c.benchmark_group("stored_body");
+    group.throughput(Throughput::Bytes(raw.len() as u64));
+    group.bench_function("pack_muapi", |b| b.iter(|| StoredBody::pack(&raw)));
+    group.bench_function("unpack_muapi", |b| b.iter(|| packed.unpack().unwrap()));
+    group.finish();
+}
+
+criterion_group!(
+    benches,
+    intake,
+    signing,
+    idempotency,
+    group_commit,
+    body_packing
+);
 criterion_main!(benches);

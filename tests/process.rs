@@ -355,9 +355,21 @@ async fn a_full_disk_answers_503_with_retry_after_and_recovers() {
     ));
     let running = spawn_command(command).await;
     let client = TestClient::tls(&pki, running.ingress, Proto::Http1);
-    let pad = "x".repeat(200_000);
+    // Incompressible padding (the store deflates bodies): hex of a
+    // pseudo-random sequence, different for every callback.
+    let pad = |i: usize| {
+        let mut x = 0x9E37_79B9_7F4A_7C15u64 ^ (i as u64 + 1);
+        (0..25_000)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                format!("{:08x}", x as u32)
+            })
+            .collect::<String>()
+    };
     let body = |i: usize| {
-        serde_json::json!({"id": format!("disk-{i}"), "status": "completed", "pad": pad})
+        serde_json::json!({"id": format!("disk-{i}"), "status": "completed", "pad": pad(i)})
             .to_string()
     };
     let mut accepted = HashSet::new();

@@ -39,7 +39,7 @@ use bytes::Bytes;
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use tokio::sync::{mpsc, oneshot};
 
-use super::codec::{self, DeliveryRecord, EventRecord, KeyRecord};
+use super::codec::{self, DeliveryRecord, EventRecord, KeyRecord, StoredBody};
 use super::{
     AppendOutcome, AttemptUpdate, Claimed, DeadLetterQuery, DeadSelector, DeliveryBrief,
     DeliveryId, DeliveryState, DeliveryView, EventId, EventPage, EventQuery, EventSummary,
@@ -114,7 +114,9 @@ impl Default for EmbeddedOptions {
 
 /// A change for the writer.
 enum Op {
-    Append(NewEvent),
+    /// A new event, with its body already packed by the caller's task (so
+    /// deflate runs beside other requests, not on the writer thread).
+    Append(NewEvent, StoredBody),
     Attempt(AttemptUpdate),
     Replay(DeadSelector, u64, usize),
     Delete(DeadSelector, u64, usize),
@@ -493,7 +495,7 @@ fn summary(names: &Names, e: &EventRecord) -> EventSummary {
         source_id: e.source_id.clone(),
         status: e.status.clone(),
         origin: e.origin,
-        body_len: e.body.len() as u64,
+        body_len: e.body.len(),
         deliveries: e
             .deliveries
             .iter()
@@ -558,13 +560,13 @@ fn writer_loop(
                     // hear so (a 503 would make its retry a `duplicate` whose
                     // deliveries no lane was given).
                     let durable = match (&reopened, &request.op, first_seq) {
-                        (Ok(()), Op::Append(event), Some(first)) => {
+                        (Ok(()), Op::Append(event, _), Some(first)) => {
                             committed_seq(&db, event.id).is_some_and(|seq| seq >= first)
                         }
                         _ => false,
                     };
                     let answer = if durable {
-                        if let Op::Append(event) = &request.op {
+                        if let Op::Append(event, _) = &request.op {
                             claim_appended(&db, event);
                         }
                         Ok(Done::Append(AppendOutcome::Accepted))
@@ -678,7 +680,7 @@ fn apply_batch(
         effects.first_seq = Some(t.next_seq);
         for request in batch.iter_mut() {
             let result = match &mut request.op {
-                Op::Append(event) => t.append(event, effects).map(Done::Append),
+                Op::Append(event, body) => t.append(event, body, effects).map(Done::Append),
                 Op::Attempt(update) => t.attempt(update, effects).map(Done::Recorded),
                 Op::Replay(selector, now, limit) => {
                     t.replay(selector, *now, *limit).map(Done::Views)
@@ -934,6 +936,7 @@ impl<'t> Tables<'t> {
     fn append(
         &mut self,
         event: &NewEvent,
+        body: &StoredBody,
         effects: &mut Effects,
     ) -> Result<AppendOutcome, StoreError> {
         if let Some(key) = self.key(event.id)? {
@@ -972,7 +975,7 @@ impl<'t> Tables<'t> {
             source_id: event.source_id.clone(),
             headers: event.headers.clone(),
             deliveries,
-            body: event.body.clone(),
+            body: body.clone(),
         };
         self.keys
             .insert(
@@ -1799,7 +1802,8 @@ impl<'t> RawWriter<'t> {
 #[async_trait]
 impl Store for EmbeddedStore {
     async fn append(&self, event: NewEvent) -> Result<AppendOutcome, StoreError> {
-        match self.submit(Op::Append(event)).await? {
+        let body = StoredBody::pack(&event.body);
+        match self.submit(Op::Append(event, body)).await? {
             Done::Append(outcome) => Ok(outcome),
             _ => unreachable!("append answers with an outcome"),
         }
@@ -1945,7 +1949,7 @@ impl Store for EmbeddedStore {
                 status: e.status.clone(),
                 origin: e.origin,
                 headers: e.headers.clone(),
-                body_len: e.body.len() as u64,
+                body_len: e.body.len(),
                 open: e.open(),
                 pruned: false,
                 deliveries: e.deliveries.iter().map(|d| view(&names, &e, d)).collect(),

@@ -15,7 +15,7 @@ use bytes::Bytes;
 use redb2::ReadableTable as _;
 use serde::Deserialize;
 
-use super::codec::{DeliveryRecord, EventRecord, KeyRecord};
+use super::codec::{DeliveryRecord, EventRecord, KeyRecord, StoredBody};
 use super::{AttemptRecord, DeliveryState, EventId, Origin, StoreError};
 
 /// The 0.1 tables (as 0.1 defined them).
@@ -147,7 +147,7 @@ fn convert(
                 source_id: None,
                 headers: meta.headers,
                 deliveries: Vec::new(),
-                body,
+                body: StoredBody::pack(&body),
             };
             for sub in &meta.subscribers {
                 let Some(raw) = deliveries.get((seq, sub.as_str())).map_err(backend)? else {
