@@ -680,6 +680,60 @@ async fn expected_tasks_are_polled_once_and_settled_by_their_final_event(b: &imp
     store.close().await;
 }
 
+async fn retention_counts_from_the_end_of_the_last_delivery(b: &impl Backend) {
+    let store = b.fresh().await;
+    // 1: two deliveries, the second ending 20 hours after the first.
+    store.append(event(1, &["a", "b"], T0)).await.unwrap();
+    store
+        .record_attempt(update(1, "a", 1, 200, T0 + 10, Next::Delivered))
+        .await
+        .unwrap();
+    store
+        .record_attempt(update(1, "b", 1, 200, T0 + 20 * HOUR, Next::Delivered))
+        .await
+        .unwrap();
+    // 2: a dead letter an operator deletes 10 hours in.
+    store.append(event(2, &["a"], T0)).await.unwrap();
+    store
+        .record_attempt(update(2, "a", 1, 410, T0 + 10, dead("410 Gone")))
+        .await
+        .unwrap();
+    let deleted = store
+        .delete_dead(DeadSelector::Ids(vec![id(2, "a")]), T0 + 10 * HOUR, 10)
+        .await
+        .unwrap();
+    assert_eq!(deleted.len(), 1);
+    assert_eq!(store.event(EventId(2)).await.unwrap().unwrap().open, 0);
+    // 3: still pending, and older than both: it must not stop the others.
+    store.append(event(3, &["a"], T0 - HOUR)).await.unwrap();
+    // 4: no deliveries at all: done when received.
+    store.append(event(4, &[], T0)).await.unwrap();
+
+    // 25 h in: only 4 is done for longer than the retention (24 h).
+    let r = store.prune(policy(T0 + 25 * HOUR)).await.unwrap();
+    assert_eq!(r.details, 1);
+    let pruned = |n: u128| {
+        let store = store.clone();
+        async move { store.event(EventId(n)).await.unwrap().unwrap().pruned }
+    };
+    assert!(pruned(4).await);
+    assert!(!pruned(1).await, "b ended 5 hours ago");
+    assert!(!pruned(2).await, "deleted 15 hours ago");
+    // 35 h in: the deleted dead letter's event goes; 1 waits for 44 h.
+    let r = store.prune(policy(T0 + 35 * HOUR)).await.unwrap();
+    assert_eq!(r.details, 1);
+    assert!(pruned(2).await);
+    assert!(!pruned(1).await);
+    let r = store.prune(policy(T0 + 45 * HOUR)).await.unwrap();
+    assert_eq!(r.details, 1);
+    assert!(pruned(1).await);
+    // The pending event keeps everything, and says it is open.
+    let view = store.event(EventId(3)).await.unwrap().unwrap();
+    assert!(!view.pruned);
+    assert_eq!(view.open, 1);
+    store.close().await;
+}
+
 macro_rules! conformance {
     ($module:ident, $backend:expr) => {
         mod $module {
@@ -715,6 +769,10 @@ macro_rules! conformance {
             async fn expected_tasks_are_polled_once_and_settled_by_their_final_event() {
                 super::expected_tasks_are_polled_once_and_settled_by_their_final_event(&$backend)
                     .await
+            }
+            #[tokio::test]
+            async fn retention_counts_from_the_end_of_the_last_delivery() {
+                super::retention_counts_from_the_end_of_the_last_delivery(&$backend).await
             }
             #[tokio::test]
             async fn everything_survives_a_reopen_and_claims_do_not() {

@@ -51,6 +51,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (2, include_str!("0002_expected.sql")),
     (3, include_str!("0003_replicas.sql")),
     (4, include_str!("0004_free_claims.sql")),
+    (5, include_str!("0005_derived_open.sql")),
 ];
 
 /// The database clock in unix milliseconds (leases are compared with it,
@@ -223,48 +224,35 @@ impl Sql {
             attempt: format!(
                 "WITH u AS (
                    SELECT * FROM unnest($1::bytea[], $2::text[], $3::int[], $4::jsonb[], $5::bigint[],
-                                        $6::smallint[], $7::bigint[], $8::text[], $9::bool[], $10::bool[])
+                                        $6::smallint[], $7::bigint[], $8::text[], $9::bool[])
                      AS t(event_id, subscriber, attempt, record, now_ms, state, due_ms, reason,
-                          keep, closes)
-                 ), d AS (
-                   UPDATE {s}.deliveries d SET
-                     attempts = GREATEST(d.attempts, u.attempt),
-                     history = CASE WHEN u.record IS NULL THEN d.history
-                               ELSE (CASE WHEN jsonb_array_length(d.history) >= {ATTEMPT_HISTORY}
-                                          THEN d.history - 0 ELSE d.history END)
-                                    || jsonb_build_array(u.record)
-                               END,
-                     updated_ms = u.now_ms,
-                     state = u.state,
-                     due_ms = CASE WHEN u.state = 0 THEN u.due_ms ELSE d.due_ms END,
-                     dead_reason = CASE WHEN u.state = 2 THEN u.reason ELSE d.dead_reason END,
-                     owner = CASE WHEN u.keep THEN d.owner ELSE NULL END,
-                     lease_until = CASE WHEN u.keep THEN d.lease_until ELSE NULL END
-                   FROM u
-                   -- Rows are found by primary key, one per result (see
-                   -- commit_batch). The two other tests are written so
-                   -- that no index matches them (`IS NOT DISTINCT FROM` is
-                   -- `=` here, `state + 0` is `state`): otherwise the
-                   -- planner may drive this update from the owner index or
-                   -- the pending-rows index and compare every row this
-                   -- replica holds with every result.
-                   WHERE d.event_id = u.event_id AND d.subscriber = u.subscriber
-                     AND d.state + 0 = 0 AND d.owner IS NOT DISTINCT FROM $11
-                   RETURNING d.event_id, d.subscriber, u.closes, u.now_ms
-                 ), c AS (
-                   SELECT event_id, count(*)::int AS n, max(now_ms) AS at
-                   FROM d WHERE closes GROUP BY event_id
-                 ), locked AS (
-                   -- Event rows are locked in one order in every
-                   -- transaction, so concurrent writers never deadlock.
-                   SELECT ev.id FROM {s}.events ev WHERE ev.id IN (SELECT event_id FROM c)
-                   ORDER BY ev.id FOR UPDATE
-                 ), e AS (
-                   UPDATE {s}.events ev SET open_count = ev.open_count - c.n,
-                     done_ms = CASE WHEN ev.open_count - c.n = 0 THEN c.at ELSE ev.done_ms END
-                   FROM c WHERE ev.id = c.event_id AND ev.id IN (SELECT id FROM locked)
+                          keep)
                  )
-                 SELECT event_id, subscriber FROM d"
+                 UPDATE {s}.deliveries d SET
+                   attempts = GREATEST(d.attempts, u.attempt),
+                   history = CASE WHEN u.record IS NULL THEN d.history
+                             ELSE (CASE WHEN jsonb_array_length(d.history) >= {ATTEMPT_HISTORY}
+                                        THEN d.history - 0 ELSE d.history END)
+                                  || jsonb_build_array(u.record)
+                             END,
+                   updated_ms = u.now_ms,
+                   state = u.state,
+                   due_ms = CASE WHEN u.state = 0 THEN u.due_ms ELSE d.due_ms END,
+                   dead_reason = CASE WHEN u.state = 2 THEN u.reason ELSE d.dead_reason END,
+                   owner = CASE WHEN u.keep THEN d.owner ELSE NULL END,
+                   lease_until = CASE WHEN u.keep THEN d.lease_until ELSE NULL END
+                 FROM u
+                 -- Rows are found by primary key, one per result (see
+                 -- PLAN_BY_KEY). The two other tests are written so that no
+                 -- index matches them (`IS NOT DISTINCT FROM` is `=` here,
+                 -- `state + 0` is `state`): otherwise the planner may drive
+                 -- this update from the owner index or the pending-rows
+                 -- index and compare every row this replica holds with
+                 -- every result. The event row is not touched: whether it
+                 -- is still open is read from its deliveries (migration 5).
+                 WHERE d.event_id = u.event_id AND d.subscriber = u.subscriber
+                   AND d.state + 0 = 0 AND d.owner IS NOT DISTINCT FROM $10
+                 RETURNING d.event_id, d.subscriber"
             ),
             // Only unclaimed rows, through their own partial index
             // (`deliveries_free`): rows this or another live replica holds
@@ -693,8 +681,22 @@ async fn writer_loop(
     }
 }
 
+/// Sent ahead of the append and attempt statements, in the same round trip
+/// (pipelined): both find every row they touch by key, and must. Without
+/// this the planner, short of statistics (a fresh table, or autovacuum off)
+/// and misled by the tests it cannot see through, may read the held rows by
+/// a full or bitmap scan and compare each with every result: measured 26 to
+/// 75 ms per attempt statement of 50 to 130 results, instead of 2 ms. With
+/// scans ruled out, the plan does not depend on the parameters, so it is
+/// made once per connection (a generic plan) instead of for every batch:
+/// planning took about a third of these statements' time on the server
+/// (BENCHMARKS.md). Only the rest of the transaction is affected; other
+/// statements keep `force_custom_plan` (see `pool`).
+const PLAN_BY_KEY: &str = "SET LOCAL enable_seqscan = off; SET LOCAL enable_bitmapscan = off; \
+                           SET LOCAL plan_cache_mode = force_generic_plan";
+
 /// One transaction: every append in one statement, every attempt result
-/// pipelined, one commit.
+/// in another, one commit.
 async fn commit_batch(
     inner: &Inner,
     batch: &[Write],
@@ -757,31 +759,28 @@ async fn commit_batch(
             .prepare_cached(&inner.sql.append)
             .await
             .map_err(|e| inner.failed(e))?;
-        let rows = tx
-            .query(
-                &statement,
-                &[
-                    &ids,
-                    &routes,
-                    &received,
-                    &sources,
-                    &statuses,
-                    &origins,
-                    &headers,
-                    &bodies,
-                    &open,
-                    &ttls,
-                    &d_ids,
-                    &d_subs,
-                    &d_routes,
-                    &d_due,
-                    &inner.owner,
-                    &inner.lease_ms,
-                    &settles,
-                ],
-            )
-            .await
-            .map_err(|e| inner.failed(e))?;
+        let params: &[&(dyn tokio_postgres::types::ToSql + Sync)] = &[
+            &ids,
+            &routes,
+            &received,
+            &sources,
+            &statuses,
+            &origins,
+            &headers,
+            &bodies,
+            &open,
+            &ttls,
+            &d_ids,
+            &d_subs,
+            &d_routes,
+            &d_due,
+            &inner.owner,
+            &inner.lease_ms,
+            &settles,
+        ];
+        let (_, rows) =
+            tokio::try_join!(tx.batch_execute(PLAN_BY_KEY), tx.query(&statement, params))
+                .map_err(|e| inner.failed(e))?;
         for row in rows {
             inserted.insert(event_id(row.get::<_, &[u8]>(0))?);
         }
@@ -819,7 +818,6 @@ async fn commit_batch(
     let mut dues = Vec::with_capacity(updates.len());
     let mut reasons = Vec::with_capacity(updates.len());
     let mut keeps = Vec::with_capacity(updates.len());
-    let mut closes = Vec::with_capacity(updates.len());
     for u in &updates {
         ids.push(u.event.to_bytes().to_vec());
         subs.push(u.subscriber.to_string());
@@ -828,49 +826,33 @@ async fn commit_batch(
         nows.push(db_ms(u.attempt.as_ref().map_or_else(super::now_ms, |a| {
             a.at_ms.saturating_add(a.duration_ms)
         })));
-        let (state, due, reason, keep, close) = match &u.next {
-            Next::Retry { due_ms, keep_claim } => (0i16, db_ms(*due_ms), None, *keep_claim, false),
-            Next::Delivered => (1, 0, None, false, true),
-            Next::Dead { reason } => (2, 0, Some(reason.clone()), false, false),
+        let (state, due, reason, keep) = match &u.next {
+            Next::Retry { due_ms, keep_claim } => (0i16, db_ms(*due_ms), None, *keep_claim),
+            Next::Delivered => (1, 0, None, false),
+            Next::Dead { reason } => (2, 0, Some(reason.clone()), false),
         };
         states.push(state);
         dues.push(due);
         reasons.push(reason);
         keeps.push(keep);
-        closes.push(close);
     }
-    // The attempt statement must find its rows by primary key, one lookup
-    // per result. Without this the planner, short of statistics (a fresh
-    // table, or autovacuum off) and misled by the tests it cannot see
-    // through, may read the held rows by a full or bitmap scan and compare
-    // each with every result: measured 26 to 75 ms per statement of
-    // 50 to 130 results, instead of 2 ms. Only this transaction's
-    // remaining statement is affected.
-    tx.batch_execute("SET LOCAL enable_seqscan = off; SET LOCAL enable_bitmapscan = off")
-        .await
-        .map_err(|e| inner.failed(e))?;
     let statement = tx
         .prepare_cached(&inner.sql.attempt)
         .await
         .map_err(|e| inner.failed(e))?;
-    let rows = tx
-        .query(
-            &statement,
-            &[
-                &ids,
-                &subs,
-                &numbers,
-                &records,
-                &nows,
-                &states,
-                &dues,
-                &reasons,
-                &keeps,
-                &closes,
-                &inner.owner,
-            ],
-        )
-        .await
+    let params: &[&(dyn tokio_postgres::types::ToSql + Sync)] = &[
+        &ids,
+        &subs,
+        &numbers,
+        &records,
+        &nows,
+        &states,
+        &dues,
+        &reasons,
+        &keeps,
+        &inner.owner,
+    ];
+    let (_, rows) = tokio::try_join!(tx.batch_execute(PLAN_BY_KEY), tx.query(&statement, params))
         .map_err(|e| inner.failed(e))?;
     let applied: std::collections::HashSet<(Vec<u8>, String)> = rows
         .iter()
@@ -1217,7 +1199,9 @@ impl Store for PostgresStore {
             .query_opt(
                 &format!(
                     "SELECT route, received_ms, source_id, status, origin, headers, body_len, \
-                     open_count, pruned FROM {s}.events WHERE id = $1"
+                     (SELECT count(*) FROM {s}.deliveries d \
+                      WHERE d.event_id = e.id AND d.state IN (0, 2))::int AS open, \
+                     pruned FROM {s}.events e WHERE id = $1"
                 ),
                 &[&id],
             )
@@ -1258,7 +1242,7 @@ impl Store for PostgresStore {
             } else {
                 row.get::<_, i32>("body_len") as u64
             },
-            open: row.get::<_, i32>("open_count") as u32,
+            open: row.get::<_, i32>("open") as u32,
             pruned,
             deliveries,
         }))
@@ -1438,12 +1422,6 @@ impl Store for PostgresStore {
                        UPDATE {s}.deliveries d SET state = 3, updated_ms = $4
                        FROM t WHERE d.event_id = t.event_id AND d.subscriber = t.subscriber
                        RETURNING d.*
-                     ), c AS (
-                       SELECT event_id, count(*)::int AS n FROM d GROUP BY event_id
-                     ), e AS (
-                       UPDATE {s}.events ev SET open_count = ev.open_count - c.n,
-                         done_ms = CASE WHEN ev.open_count - c.n = 0 THEN $4 ELSE ev.done_ms END
-                       FROM c WHERE ev.id = c.event_id
                      )
                      SELECT {DELIVERY_COLUMNS} FROM d JOIN {s}.events e ON e.id = d.event_id"
                 ),
@@ -1542,41 +1520,68 @@ impl Store for PostgresStore {
                 .now_ms
                 .saturating_sub(policy.dead_letter_retention_ms),
         );
-        let dead_letters = tx
-            .execute(
+        // 1. Dead letters past their own retention are deleted; their
+        // events' details go in this same run once nothing else holds them.
+        let expired: Vec<Vec<u8>> = tx
+            .query(
                 &format!(
                     "WITH t AS (
                        SELECT event_id, subscriber FROM {s}.deliveries
                        WHERE state = 2 AND updated_ms < $1 LIMIT $2 FOR UPDATE SKIP LOCKED
-                     ), d AS (
-                       UPDATE {s}.deliveries d SET state = 3, updated_ms = $3
-                       FROM t WHERE d.event_id = t.event_id AND d.subscriber = t.subscriber
-                       RETURNING d.event_id
-                     ), c AS (SELECT event_id, count(*)::int AS n FROM d GROUP BY event_id)
-                     UPDATE {s}.events ev SET open_count = ev.open_count - c.n,
-                       done_ms = CASE WHEN ev.open_count - c.n = 0 THEN 0 ELSE ev.done_ms END
-                     FROM c WHERE ev.id = c.event_id"
+                     )
+                     UPDATE {s}.deliveries d SET state = 3, updated_ms = $3
+                     FROM t WHERE d.event_id = t.event_id AND d.subscriber = t.subscriber
+                     RETURNING d.event_id"
                 ),
                 &[&dl_cutoff, &limit, &now],
             )
             .await
-            .map_err(|e| inner.failed(e))? as usize;
+            .map_err(|e| inner.failed(e))?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let dead_letters = expired.len();
+        // 2. Events done for longer than the retention lose their details:
+        // none of their deliveries open (pending or dead), none ended
+        // within the retention (the event is "done" when its last delivery
+        // ended; an event without deliveries, when it was received). Those
+        // of step 1 count as done long ago. Rows are walked in receipt
+        // order through `events_live`; an event received within the
+        // retention cannot have been done before it.
         let cutoff = db_ms(policy.now_ms.saturating_sub(policy.retention_ms));
-        let details = tx
+        let prune_where = |which: &str| {
+            format!(
+                "WITH v AS (
+                   SELECT ev.id FROM {s}.events ev
+                   WHERE NOT ev.pruned AND {which}
+                     AND NOT EXISTS (
+                       SELECT 1 FROM {s}.deliveries d WHERE d.event_id = ev.id
+                         AND (d.state IN (0, 2)
+                              OR (d.updated_ms >= $1 AND NOT d.event_id = ANY($3))))
+                   ORDER BY ev.received_ms
+                   LIMIT $2 FOR UPDATE OF ev SKIP LOCKED
+                 ), gone AS (
+                   DELETE FROM {s}.deliveries WHERE event_id IN (SELECT id FROM v)
+                 )
+                 UPDATE {s}.events SET body = NULL, headers = '[]', source_id = NULL,
+                   status = NULL, pruned = true
+                 WHERE id IN (SELECT id FROM v)"
+            )
+        };
+        let mut details = 0;
+        if !expired.is_empty() {
+            details += tx
+                .execute(
+                    &prune_where("ev.id = ANY($3)"),
+                    &[&cutoff, &limit, &expired],
+                )
+                .await
+                .map_err(|e| inner.failed(e))? as usize;
+        }
+        details += tx
             .execute(
-                &format!(
-                    "WITH v AS (
-                       SELECT id FROM {s}.events
-                       WHERE open_count = 0 AND NOT pruned AND done_ms < $1
-                       LIMIT $2 FOR UPDATE SKIP LOCKED
-                     ), gone AS (
-                       DELETE FROM {s}.deliveries WHERE event_id IN (SELECT id FROM v)
-                     )
-                     UPDATE {s}.events SET body = NULL, headers = '[]', source_id = NULL,
-                       status = NULL, pruned = true
-                     WHERE id IN (SELECT id FROM v)"
-                ),
-                &[&cutoff, &limit],
+                &prune_where("ev.received_ms < $1"),
+                &[&cutoff, &(limit - details as i64).max(0), &expired],
             )
             .await
             .map_err(|e| inner.failed(e))? as usize;
