@@ -122,7 +122,6 @@ enum Op {
     Delete(DeadSelector, u64, usize),
     Kill(String, String, String, u64, usize),
     Prune(PrunePolicy),
-    Size,
     Expect(NewExpected),
     Poll(PollUpdate),
 }
@@ -134,7 +133,6 @@ enum Done {
     Views(Vec<DeliveryView>),
     Count(usize),
     Pruned(PruneReport),
-    Size(StoreSize),
     Expected(ExpectedTask, bool),
 }
 
@@ -667,7 +665,7 @@ fn apply_batch(
     // dead letter and operator action is durable before it is answered.
     let lazy = batch.iter().all(|r| match &r.op {
         Op::Attempt(u) => matches!(u.next, Next::Delivered),
-        Op::Prune(_) | Op::Size => true,
+        Op::Prune(_) => true,
         _ => false,
     });
     if lazy {
@@ -692,7 +690,6 @@ fn apply_batch(
                     .kill_pending(route, sub, reason, *now, *limit)
                     .map(Done::Count),
                 Op::Prune(policy) => t.prune(*policy).map(Done::Pruned),
-                Op::Size => Ok(Done::Size(StoreSize::default())),
                 Op::Expect(task) => t.expect(task, effects).map(|(e, n)| Done::Expected(e, n)),
                 Op::Poll(update) => t.record_poll(update, effects).map(Done::Recorded),
             };
@@ -702,23 +699,6 @@ fn apply_batch(
             }
         }
         t.save_meta()?;
-    }
-    // `Size` answers with the transaction's view of the file.
-    if batch.iter().any(|r| matches!(r.op, Op::Size)) {
-        let stats = txn.stats().map_err(backend)?;
-        let used = stats.allocated_pages() * stats.page_size() as u64;
-        let file = std::fs::metadata(&handle.path)
-            .map(|m| m.len())
-            .unwrap_or(0);
-        for (request, result) in batch.iter().zip(results.iter_mut()) {
-            if matches!(request.op, Op::Size) {
-                *result = Ok(Done::Size(StoreSize {
-                    file_bytes: file,
-                    used_bytes: used,
-                    disk: disk_space(&handle.path),
-                }));
-            }
-        }
     }
     txn.commit().map_err(backend)?;
     Ok(results)
@@ -2160,11 +2140,49 @@ impl Store for EmbeddedStore {
         }
     }
 
+    /// Read from a snapshot beside the writer, never inside its
+    /// transaction: redb counts a table's pages by walking it (about 0.17 s
+    /// for a million events), and a scrape must not hold up commits for
+    /// that long. "Used" is the pages of hookrelay's tables (keys, values,
+    /// branch pages and the unused room inside those pages); redb's own
+    /// bookkeeping and pages freed by the latest commits are the rest of
+    /// the file, with its free space.
     async fn size(&self) -> Result<StoreSize, StoreError> {
-        match self.submit(Op::Size).await? {
-            Done::Size(s) => Ok(s),
-            _ => unreachable!("size answers with sizes"),
-        }
+        self.read(|handle, txn| {
+            let mut used = 0u64;
+            macro_rules! pages {
+                ($($def:expr),*) => {$(
+                    let table = txn.open_table($def).map_err(backend)?;
+                    let st = table.stats().map_err(backend)?;
+                    used += st.stored_bytes() + st.metadata_bytes() + st.fragmented_bytes();
+                )*};
+            }
+            pages!(
+                KEYS,
+                EVENTS,
+                DUE,
+                DEAD,
+                DONE,
+                SOURCES,
+                COUNTS,
+                NAMES,
+                META,
+                EXPECTED,
+                POLLS,
+                EXPECTED_BY_TIME,
+                EXPECTED_CLOSED,
+                EXPECTED_COUNTS
+            );
+            let file = std::fs::metadata(&handle.path)
+                .map(|m| m.len())
+                .unwrap_or(0);
+            Ok(StoreSize {
+                file_bytes: file,
+                used_bytes: used,
+                disk: disk_space(&handle.path),
+            })
+        })
+        .await
     }
 
     async fn expect(&self, task: NewExpected) -> Result<(ExpectedTask, bool), StoreError> {
