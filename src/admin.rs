@@ -299,12 +299,24 @@ async fn api(
                     "that route has no `muapi:` block: its results are not reconciled".into(),
                 ));
             };
-            if body.id.is_empty() || body.id.len() > 256 {
+            // Control characters cannot be stored as text by PostgreSQL,
+            // and are in no muapi request id or endpoint name.
+            let clean = |s: &str| !s.chars().any(char::is_control);
+            let chars = |s: &str| s.chars().count();
+            if body.id.is_empty() || chars(&body.id) > 256 || !clean(&body.id) {
                 return Err(ApiError::BadRequest(
-                    "id must be the task's request_id (1 to 256 characters)".into(),
+                    "id must be the task's request_id (1 to 256 characters, no control characters)"
+                        .into(),
                 ));
             }
             let endpoint = body.endpoint.unwrap_or_default();
+            if chars(&endpoint) > 256 || !clean(&endpoint) {
+                return Err(ApiError::BadRequest(
+                    "endpoint must be a muapi endpoint name \
+                     (up to 256 characters, no control characters)"
+                        .into(),
+                ));
+            }
             let (task, created) =
                 crate::reconcile::expect(&*state.store, &route, settings, &body.id, &endpoint)
                     .await?;

@@ -126,6 +126,33 @@ async fn every_error_row_of_the_contract() {
     assert_eq!(missing_id.status, StatusCode::BAD_REQUEST);
     assert!(missing_id.body["error"].as_str().unwrap().contains("`id`"));
 
+    // Ids no store could keep: too long (PostgreSQL cannot index it), or
+    // with a NUL (PostgreSQL cannot hold it as text). Named, never quoted.
+    let long_id = client
+        .post(
+            "/hooks/muapi",
+            TOKEN,
+            &format!(r#"{{"id":"{}","status":"completed"}}"#, "x".repeat(300)),
+        )
+        .await;
+    assert_eq!(long_id.status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        long_id.body["error"],
+        "required field `id` is longer than 256 bytes"
+    );
+    let nul_id = client
+        .post(
+            "/hooks/muapi",
+            TOKEN,
+            r#"{"id":"secret\u0000id","status":"completed"}"#,
+        )
+        .await;
+    assert_eq!(nul_id.status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        nul_id.body["error"],
+        "required field `id` contains a control character"
+    );
+
     let no_token = client
         .send("POST", "/hooks/muapi", &[], muapi_body("t", "completed"))
         .await;

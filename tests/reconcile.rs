@@ -393,6 +393,17 @@ async fn a_refused_api_key_is_logged_once_and_the_key_appears_in_no_log_line() {
         )
         .await;
     assert_eq!(again.body["created"], false);
+    // Ids and endpoints no store could keep are refused, named not quoted.
+    for body in [
+        r#"{"route":"muapi","id":"a\u0000b"}"#.to_string(),
+        format!(r#"{{"route":"muapi","id":"{}"}}"#, "é".repeat(257)),
+        r#"{"route":"muapi","id":"t-1","endpoint":"flux\u0000"}"#.to_string(),
+    ] {
+        let refused = admin.post("/api/v1/expected", "admin-token", &body).await;
+        assert_eq!(refused.status, StatusCode::BAD_REQUEST, "{body}");
+        let error = refused.body["error"].as_str().unwrap();
+        assert!(error.contains("no control characters"), "{error}");
+    }
     eventually(Duration::from_secs(10), "two refused polls", || {
         fake.polls_of(&id).len() >= 2
     })

@@ -862,3 +862,58 @@ impl Backend for Postgres {
 }
 
 conformance!(postgres, Postgres::new());
+
+/// A batch whose statement fails (here: text PostgreSQL cannot hold, which
+/// intake never lets through) commits nothing, answers an error, and leaves
+/// no connection of the pool inside a transaction: every later batch, on
+/// whichever connection, is written.
+#[tokio::test]
+async fn postgres_a_failed_batch_commits_nothing_and_spoils_no_connection() {
+    let backend = Postgres::new();
+    let store = backend.fresh().await;
+    let mut bad = event(1, &["a"], T0);
+    bad.source_id = Some("task\u{0}1".into());
+    assert!(store.append(bad).await.is_err());
+    assert!(store.event(EventId(1)).await.unwrap().is_none());
+    // More batches than the pool has connections, one after another and
+    // then at once.
+    for n in 2..=11u128 {
+        assert_eq!(
+            store.append(event(n, &["a"], T0)).await.unwrap(),
+            AppendOutcome::Accepted
+        );
+    }
+    let mut set = tokio::task::JoinSet::new();
+    for n in 12..=41u128 {
+        let store = store.clone();
+        set.spawn(async move { store.append(event(n, &["a"], T0)).await.unwrap() });
+    }
+    while let Some(outcome) = set.join_next().await {
+        assert_eq!(outcome.unwrap(), AppendOutcome::Accepted);
+    }
+    // The same on the attempts' writer.
+    assert!(store
+        .record_attempt(update(2, "a", 1, 500, T0 + 1, dead("bad\u{0}reason")))
+        .await
+        .is_err());
+    assert_eq!(
+        store
+            .record_attempt(update(2, "a", 1, 200, T0 + 2, Next::Delivered))
+            .await
+            .unwrap(),
+        Recorded::Applied
+    );
+    let view = store.event(EventId(2)).await.unwrap().unwrap();
+    assert_eq!(view.open, 0);
+    assert_eq!(
+        view.deliveries[0].history.len(),
+        1,
+        "the failed result left nothing"
+    );
+    assert_eq!(
+        pending_of(&*store, "a").await.0,
+        39,
+        "40 stored, one delivered"
+    );
+    store.close().await;
+}

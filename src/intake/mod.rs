@@ -153,9 +153,15 @@ impl Intake {
                 json::check(&body)?;
                 let tree = parse_tree()?;
                 let key = generic::key(&tree, &body, headers, route.key_spec.as_ref())?;
+                // A provider's `status` is kept (for filters and operators)
+                // when it is a short text without control characters, as
+                // every store can keep it; any other is no status.
                 let status = tree
                     .get("status")
                     .and_then(|s| s.as_str())
+                    .filter(|s| {
+                        s.len() <= muapi::MAX_STATUS_BYTES && !s.chars().any(char::is_control)
+                    })
                     .map(str::to_string);
                 let source_id = ["webhook-id", "idempotency-key"].iter().find_map(|name| {
                     let value = headers.get(*name)?.to_str().ok()?.trim();

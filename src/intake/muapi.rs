@@ -38,16 +38,37 @@ pub fn parse(body: &[u8]) -> Result<Head<'_>, IntakeError> {
         return Err(IntakeError::Invalid("body must be a JSON object".into()));
     }
     Ok(Head {
-        id: required(top.id, "id")?,
-        status: required(top.status, "status")?,
+        id: required(top.id, "id", MAX_ID_BYTES)?,
+        status: required(top.status, "status", MAX_STATUS_BYTES)?,
     })
 }
 
-fn required<'a>(field: Option<Field<'a>>, name: &str) -> Result<Cow<'a, str>, IntakeError> {
+/// The longest task id accepted, in bytes. muapi's are UUIDs (36); the
+/// bound keeps an id storable and indexable by every store (PostgreSQL
+/// refuses index entries over about 2.7 KB, which would fail the whole
+/// group commit the callback shares with others).
+pub const MAX_ID_BYTES: usize = 256;
+
+/// The longest status accepted, in bytes (muapi's are single words).
+pub const MAX_STATUS_BYTES: usize = 64;
+
+fn required<'a>(
+    field: Option<Field<'a>>,
+    name: &str,
+    max: usize,
+) -> Result<Cow<'a, str>, IntakeError> {
     match field {
         None => Err(IntakeError::Invalid(format!(
             "required field `{name}` is missing"
         ))),
+        Some(Field::Text(s)) if s.len() > max => Err(IntakeError::Invalid(format!(
+            "required field `{name}` is longer than {max} bytes"
+        ))),
+        // A control character (NUL above all) cannot be stored as text by
+        // PostgreSQL, and is in no muapi id or status.
+        Some(Field::Text(s)) if s.chars().any(char::is_control) => Err(IntakeError::Invalid(
+            format!("required field `{name}` contains a control character"),
+        )),
         Some(Field::Text(s)) if !s.is_empty() => Ok(s),
         Some(Field::Text(_)) => Err(IntakeError::Invalid(format!(
             "required field `{name}` is empty"
@@ -111,6 +132,26 @@ mod tests {
         assert!(parse_str(r#"{"id": null, "status": "completed"}"#)
             .unwrap_err()
             .contains("`id` is missing"));
+        let long = format!(r#"{{"id": "{}", "status": "completed"}}"#, "x".repeat(257));
+        assert!(parse_str(&long)
+            .unwrap_err()
+            .contains("longer than 256 bytes"));
+        let fits = format!(r#"{{"id": "{}", "status": "completed"}}"#, "x".repeat(256));
+        assert!(parse_str(&fits).is_ok());
+        let status = format!(r#"{{"id": "t", "status": "{}"}}"#, "s".repeat(65));
+        assert!(parse_str(&status)
+            .unwrap_err()
+            .contains("`status` is longer than 64"));
+        for bad in [r#""a\u0000b""#, r#""a\nb""#, r#""\u007f""#] {
+            let body = format!(r#"{{"id": {bad}, "status": "completed"}}"#);
+            let err = parse_str(&body).unwrap_err();
+            assert!(err.contains("`id` contains a control character"), "{err}");
+            // Named, never quoted.
+            assert!(
+                err.ends_with("required field `id` contains a control character"),
+                "{err}"
+            );
+        }
         assert!(parse_str(r#"{"id": "t", "status": ""}"#)
             .unwrap_err()
             .contains("`status` is empty"));

@@ -243,7 +243,7 @@ impl Sql {
                    lease_until = CASE WHEN u.keep THEN d.lease_until ELSE NULL END
                  FROM u
                  -- Rows are found by primary key, one per result (see
-                 -- PLAN_BY_KEY). The two other tests are written so that no
+                 -- BEGIN_BY_KEY). The two other tests are written so that no
                  -- index matches them (`IS NOT DISTINCT FROM` is `=` here,
                  -- `state + 0` is `state`): otherwise the planner may drive
                  -- this update from the owner index or the pending-rows
@@ -324,9 +324,10 @@ fn pool(options: &PostgresOptions) -> Result<(tokio_postgres::Config, Pool), Sto
                 // statistics until autovacuum's first ANALYZE, never where
                 // autovacuum is off) that plan scans whole tables, and it
                 // stays cached for the connection's life (BENCHMARKS.md,
-                // "What changed for PostgreSQL"). Best effort: a server
-                // without the setting (before PostgreSQL 12) keeps its
-                // default.
+                // "What changed for PostgreSQL"). The two statements of
+                // the writers, which find rows only by key, are the
+                // exception (`BEGIN_BY_KEY`). Best effort: the server was
+                // checked at open (12 or later has the setting).
                 let _ = client
                     .batch_execute("SET plan_cache_mode = force_custom_plan")
                     .await;
@@ -393,6 +394,9 @@ pub async fn migrate(options: &PostgresOptions) -> Result<Vec<i32>, StoreError> 
     migrate_with(&pool, &options.schema).await
 }
 
+/// The oldest server accepted (`server_version_num` of 12.0).
+const MIN_SERVER_VERSION: i32 = 120_000;
+
 async fn migrate_with(pool: &Pool, schema: &str) -> Result<Vec<i32>, StoreError> {
     let mut client = pool.get().await.map_err(|e| {
         StoreError::Unavailable(format!(
@@ -400,6 +404,21 @@ async fn migrate_with(pool: &Pool, schema: &str) -> Result<Vec<i32>, StoreError>
             connect_error(&e)
         ))
     })?;
+    // PostgreSQL 12 has every setting the writers rely on
+    // (`plan_cache_mode`); older servers are refused here, clearly, not
+    // by a failing commit later.
+    let version: i32 = client
+        .query_one("SELECT current_setting('server_version_num')::int", &[])
+        .await
+        .map_err(unavailable)?
+        .get(0);
+    if version < MIN_SERVER_VERSION {
+        return Err(StoreError::Backend(format!(
+            "PostgreSQL 12 or later is needed; this server is version {}.{}",
+            version / 10000,
+            version % 10000 / 100
+        )));
+    }
     let tx = client.transaction().await.map_err(unavailable)?;
     tx.execute(
         "SELECT pg_advisory_xact_lock($1, hashtext($2))",
@@ -681,28 +700,35 @@ async fn writer_loop(
     }
 }
 
-/// Sent ahead of the append and attempt statements, in the same round trip
-/// (pipelined): both find every row they touch by key, and must. Without
-/// this the planner, short of statistics (a fresh table, or autovacuum off)
-/// and misled by the tests it cannot see through, may read the held rows by
-/// a full or bitmap scan and compare each with every result: measured 26 to
-/// 75 ms per attempt statement of 50 to 130 results, instead of 2 ms. With
-/// scans ruled out, the plan does not depend on the parameters, so it is
-/// made once per connection (a generic plan) instead of for every batch:
-/// planning took about a third of these statements' time on the server
-/// (BENCHMARKS.md). Only the rest of the transaction is affected; other
-/// statements keep `force_custom_plan` (see `pool`).
-const PLAN_BY_KEY: &str = "SET LOCAL enable_seqscan = off; SET LOCAL enable_bitmapscan = off; \
-                           SET LOCAL plan_cache_mode = force_generic_plan";
+/// Opens the transaction of a batch, sent in the same round trip as its
+/// statements and its `COMMIT` (pipelined). The append and attempt
+/// statements find every row they touch by key, and must: without the
+/// settings the planner, short of statistics (a fresh table, or autovacuum
+/// off) and misled by the tests it cannot see through, may read the held
+/// rows by a full or bitmap scan and compare each with every result
+/// (measured 26 to 75 ms per attempt statement of 50 to 130 results,
+/// instead of 2 ms). With scans ruled out the plan does not depend on the
+/// parameters, so it is made once per connection (a generic plan) instead
+/// of for every batch: planning took about a third of these statements'
+/// time on the server (BENCHMARKS.md). `SET LOCAL` ends with the
+/// transaction; other statements keep `force_custom_plan` (see `pool`).
+const BEGIN_BY_KEY: &str = "BEGIN; SET LOCAL enable_seqscan = off; \
+                            SET LOCAL enable_bitmapscan = off; \
+                            SET LOCAL plan_cache_mode = force_generic_plan";
 
-/// One transaction: every append in one statement, every attempt result
-/// in another, one commit.
+/// One transaction in one round trip: `BEGIN` with its settings, every
+/// append of the batch in one statement, every attempt result in another,
+/// and `COMMIT`, all sent before the first answer is read. Nobody is
+/// answered before the `COMMIT`'s own answer arrives (a statement that
+/// fails aborts the transaction, and the server then ends it at `COMMIT`
+/// without writing anything); after any error the connection is dropped
+/// rather than returned to the pool, so no half-finished transaction can
+/// reach the next batch.
 async fn commit_batch(
     inner: &Inner,
     batch: &[Write],
 ) -> Result<(Vec<AppendOutcome>, Vec<Recorded>), StoreError> {
-    let mut client = inner.client().await?;
-    let tx = client.transaction().await.map_err(|e| inner.failed(e))?;
+    let client = inner.client().await?;
     // Appends: the same id twice in one batch is one event (the later one a
     // duplicate), as the unique key would make it across batches.
     let events: Vec<&NewEvent> = batch
@@ -725,78 +751,52 @@ async fn commit_batch(
     // One key order in every transaction: two replicas' batches never wait
     // on each other in a cycle.
     unique.sort_by_key(|e| e.id);
-    let mut inserted = std::collections::HashSet::new();
-    if !unique.is_empty() {
-        let ids: Vec<Vec<u8>> = unique.iter().map(|e| e.id.to_bytes().to_vec()).collect();
-        let routes: Vec<&str> = unique.iter().map(|e| &*e.route).collect();
-        let received: Vec<i64> = unique.iter().map(|e| db_ms(e.received_ms)).collect();
-        let sources: Vec<Option<&str>> = unique.iter().map(|e| e.source_id.as_deref()).collect();
-        let statuses: Vec<Option<&str>> = unique.iter().map(|e| e.status.as_deref()).collect();
-        let origins: Vec<i16> = unique.iter().map(|e| origin_code(e.origin)).collect();
-        let headers: Vec<Value> = unique
-            .iter()
-            .map(|e| serde_json::to_value(&e.headers).expect("headers serialise"))
-            .collect();
-        let bodies: Vec<&[u8]> = unique.iter().map(|e| &e.body[..]).collect();
-        let open: Vec<i32> = unique.iter().map(|e| e.subscribers.len() as i32).collect();
-        let ttls: Vec<i64> = unique.iter().map(|e| db_ms(e.ttl_ms)).collect();
-        let settles: Vec<bool> = unique.iter().map(|e| e.settles).collect();
-        let mut d_ids = Vec::new();
-        let mut d_subs = Vec::new();
-        let mut d_routes = Vec::new();
-        let mut d_due = Vec::new();
-        for e in &unique {
-            for s in &e.subscribers {
-                d_ids.push(e.id.to_bytes().to_vec());
-                d_subs.push(&**s);
-                d_routes.push(&*e.route);
-                d_due.push(db_ms(e.received_ms));
-            }
-        }
-        // Prepared once per connection: these statements take longer to
-        // plan than to run.
-        let statement = tx
-            .prepare_cached(&inner.sql.append)
-            .await
-            .map_err(|e| inner.failed(e))?;
-        let params: &[&(dyn tokio_postgres::types::ToSql + Sync)] = &[
-            &ids,
-            &routes,
-            &received,
-            &sources,
-            &statuses,
-            &origins,
-            &headers,
-            &bodies,
-            &open,
-            &ttls,
-            &d_ids,
-            &d_subs,
-            &d_routes,
-            &d_due,
-            &inner.owner,
-            &inner.lease_ms,
-            &settles,
-        ];
-        let (_, rows) =
-            tokio::try_join!(tx.batch_execute(PLAN_BY_KEY), tx.query(&statement, params))
-                .map_err(|e| inner.failed(e))?;
-        for row in rows {
-            inserted.insert(event_id(row.get::<_, &[u8]>(0))?);
+    let ids: Vec<Vec<u8>> = unique.iter().map(|e| e.id.to_bytes().to_vec()).collect();
+    let routes: Vec<&str> = unique.iter().map(|e| &*e.route).collect();
+    let received: Vec<i64> = unique.iter().map(|e| db_ms(e.received_ms)).collect();
+    let sources: Vec<Option<&str>> = unique.iter().map(|e| e.source_id.as_deref()).collect();
+    let statuses: Vec<Option<&str>> = unique.iter().map(|e| e.status.as_deref()).collect();
+    let origins: Vec<i16> = unique.iter().map(|e| origin_code(e.origin)).collect();
+    let headers: Vec<Value> = unique
+        .iter()
+        .map(|e| serde_json::to_value(&e.headers).expect("headers serialise"))
+        .collect();
+    let bodies: Vec<&[u8]> = unique.iter().map(|e| &e.body[..]).collect();
+    let open: Vec<i32> = unique.iter().map(|e| e.subscribers.len() as i32).collect();
+    let ttls: Vec<i64> = unique.iter().map(|e| db_ms(e.ttl_ms)).collect();
+    let settles: Vec<bool> = unique.iter().map(|e| e.settles).collect();
+    let mut d_ids = Vec::new();
+    let mut d_subs = Vec::new();
+    let mut d_routes = Vec::new();
+    let mut d_due = Vec::new();
+    for e in &unique {
+        for s in &e.subscribers {
+            d_ids.push(e.id.to_bytes().to_vec());
+            d_subs.push(&**s);
+            d_routes.push(&*e.route);
+            d_due.push(db_ms(e.received_ms));
         }
     }
-    let appends: Vec<AppendOutcome> = events
-        .iter()
-        .enumerate()
-        .map(|(i, e)| {
-            if first_of[&e.id] == i && inserted.contains(&e.id) {
-                AppendOutcome::Accepted
-            } else {
-                AppendOutcome::Duplicate
-            }
-        })
-        .collect();
-    // Attempt results, pipelined on the one connection.
+    let append_params: &[&(dyn tokio_postgres::types::ToSql + Sync)] = &[
+        &ids,
+        &routes,
+        &received,
+        &sources,
+        &statuses,
+        &origins,
+        &headers,
+        &bodies,
+        &open,
+        &ttls,
+        &d_ids,
+        &d_subs,
+        &d_routes,
+        &d_due,
+        &inner.owner,
+        &inner.lease_ms,
+        &settles,
+    ];
+    // Attempt results: every one of the batch in one statement.
     let updates: Vec<&AttemptUpdate> = batch
         .iter()
         .filter_map(|w| match w {
@@ -804,12 +804,7 @@ async fn commit_batch(
             _ => None,
         })
         .collect();
-    if updates.is_empty() {
-        tx.commit().await.map_err(|e| inner.failed(e))?;
-        return Ok((appends, Vec::new()));
-    }
-    // Every attempt result of the batch in one statement.
-    let mut ids = Vec::with_capacity(updates.len());
+    let mut u_ids = Vec::with_capacity(updates.len());
     let mut subs = Vec::with_capacity(updates.len());
     let mut numbers = Vec::with_capacity(updates.len());
     let mut records = Vec::with_capacity(updates.len());
@@ -819,7 +814,7 @@ async fn commit_batch(
     let mut reasons = Vec::with_capacity(updates.len());
     let mut keeps = Vec::with_capacity(updates.len());
     for u in &updates {
-        ids.push(u.event.to_bytes().to_vec());
+        u_ids.push(u.event.to_bytes().to_vec());
         subs.push(u.subscriber.to_string());
         numbers.push(u.attempt.as_ref().map_or(0, |a| a.attempt as i32));
         records.push(u.attempt.as_ref().map(attempt_json));
@@ -836,12 +831,8 @@ async fn commit_batch(
         reasons.push(reason);
         keeps.push(keep);
     }
-    let statement = tx
-        .prepare_cached(&inner.sql.attempt)
-        .await
-        .map_err(|e| inner.failed(e))?;
-    let params: &[&(dyn tokio_postgres::types::ToSql + Sync)] = &[
-        &ids,
+    let attempt_params: &[&(dyn tokio_postgres::types::ToSql + Sync)] = &[
+        &u_ids,
         &subs,
         &numbers,
         &records,
@@ -852,13 +843,77 @@ async fn commit_batch(
         &keeps,
         &inner.owner,
     ];
-    let (_, rows) = tokio::try_join!(tx.batch_execute(PLAN_BY_KEY), tx.query(&statement, params))
-        .map_err(|e| inner.failed(e))?;
-    let applied: std::collections::HashSet<(Vec<u8>, String)> = rows
+    // Prepared once per connection (cached): after the first batch these
+    // cost no round trip.
+    let prepared = async {
+        let append = if unique.is_empty() {
+            None
+        } else {
+            Some(client.prepare_cached(&inner.sql.append).await?)
+        };
+        let attempt = if updates.is_empty() {
+            None
+        } else {
+            Some(client.prepare_cached(&inner.sql.attempt).await?)
+        };
+        Ok::<_, tokio_postgres::Error>((append, attempt))
+    }
+    .await;
+    let (append, attempt) = match prepared {
+        Ok(statements) => statements,
+        Err(e) => {
+            let error = inner.failed(e);
+            drop(deadpool_postgres::Object::take(client));
+            return Err(error);
+        }
+    };
+    // `biased`: polled in this order, each sends its request on its first
+    // poll, so the server receives them in this order.
+    let sent = tokio::try_join!(
+        biased;
+        client.batch_execute(BEGIN_BY_KEY),
+        async {
+            match &append {
+                Some(s) => client.query(s, append_params).await,
+                None => Ok(Vec::new()),
+            }
+        },
+        async {
+            match &attempt {
+                Some(s) => client.query(s, attempt_params).await,
+                None => Ok(Vec::new()),
+            }
+        },
+        client.batch_execute("COMMIT"),
+    );
+    let (_, appended, recorded, _) = match sent {
+        Ok(answers) => answers,
+        Err(e) => {
+            let error = inner.failed(e);
+            drop(deadpool_postgres::Object::take(client));
+            return Err(error);
+        }
+    };
+    let mut inserted = std::collections::HashSet::new();
+    for row in appended {
+        inserted.insert(event_id(row.get::<_, &[u8]>(0))?);
+    }
+    let appends: Vec<AppendOutcome> = events
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            if first_of[&e.id] == i && inserted.contains(&e.id) {
+                AppendOutcome::Accepted
+            } else {
+                AppendOutcome::Duplicate
+            }
+        })
+        .collect();
+    let applied: std::collections::HashSet<(Vec<u8>, String)> = recorded
         .iter()
         .map(|r| (r.get::<_, Vec<u8>>(0), r.get::<_, String>(1)))
         .collect();
-    let attempts: Vec<Recorded> = ids
+    let attempts: Vec<Recorded> = u_ids
         .into_iter()
         .zip(subs)
         .map(|key| {
@@ -869,7 +924,6 @@ async fn commit_batch(
             }
         })
         .collect();
-    tx.commit().await.map_err(|e| inner.failed(e))?;
     Ok((appends, attempts))
 }
 
