@@ -25,7 +25,7 @@
 //! together apply each exactly once.
 
 use std::str::FromStr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -586,11 +586,15 @@ impl PostgresStore {
         let mut tasks = Vec::new();
         let queues = [(); 2].map(|_| {
             let (tx, rx) = mpsc::channel(options.max_batch.max(64) * 4);
-            let rx = Arc::new(tokio::sync::Mutex::new(rx));
+            let queue = Arc::new(Queue {
+                rx: tokio::sync::Mutex::new(rx),
+                committing: AtomicUsize::new(0),
+                committed: Notify::new(),
+            });
             for _ in 0..WRITERS {
                 tasks.push(tokio::spawn(writer_loop(
                     inner.clone(),
-                    rx.clone(),
+                    queue.clone(),
                     options.max_batch.max(1),
                 )));
             }
@@ -641,30 +645,65 @@ impl PostgresStore {
 /// Writers committing batches at the same time, per queue.
 const WRITERS: usize = 2;
 
-/// Takes every waiting write and commits them together.
-async fn writer_loop(
-    inner: Arc<Inner>,
-    rx: Arc<tokio::sync::Mutex<mpsc::Receiver<Write>>>,
-    max_batch: usize,
-) {
+/// Writes waiting in a queue for which a second writer starts a batch while
+/// the first one's commit is still under way. With fewer, the second writer
+/// waits for that commit and then takes everything queued: one transaction
+/// instead of several small ones, each with its round trip and WAL flush
+/// (with two replicas on one database, batches halved and transactions
+/// doubled, BENCHMARKS.md). A deep queue is worth the overlap.
+const OVERLAP_FROM: usize = 16;
+
+/// Longest a writer waits for the other writer's commit before starting
+/// its own batch anyway.
+const OVERLAP_WAIT: Duration = Duration::from_millis(20);
+
+/// One queue of writes and what its writers share.
+struct Queue {
+    rx: tokio::sync::Mutex<mpsc::Receiver<Write>>,
+    /// Writers whose batch is being committed now.
+    committing: AtomicUsize,
+    /// Signalled when a writer's commit ends.
+    committed: Notify,
+}
+
+async fn writer_loop(inner: Arc<Inner>, queue: Arc<Queue>, max_batch: usize) {
     let mut batch = Vec::with_capacity(max_batch);
     loop {
         {
-            let mut rx = rx.lock().await;
+            let mut rx = queue.rx.lock().await;
             let Some(first) = rx.recv().await else {
                 return;
             };
             batch.push(first);
+            // Another writer is committing and little is waiting: join the
+            // next batch instead of starting a small one beside it. The
+            // queue keeps filling while this writer holds it.
+            let deadline = tokio::time::Instant::now() + OVERLAP_WAIT;
+            loop {
+                let done = queue.committed.notified();
+                tokio::pin!(done);
+                done.as_mut().enable();
+                if queue.committing.load(Ordering::Acquire) == 0 || rx.len() + 1 >= OVERLAP_FROM {
+                    break;
+                }
+                if tokio::time::timeout_at(deadline, done).await.is_err() {
+                    break;
+                }
+            }
             while batch.len() < max_batch {
                 match rx.try_recv() {
                     Ok(more) => batch.push(more),
                     Err(_) => break,
                 }
             }
+            queue.committing.fetch_add(1, Ordering::AcqRel);
         }
+        let committing = Committing(&queue);
         let started = Instant::now();
         let size = batch.len();
-        match commit_batch(&inner, &batch).await {
+        let result = commit_batch(&inner, &batch).await;
+        drop(committing);
+        match result {
             Ok((appends, attempts)) => {
                 inner.available.store(true, Ordering::Relaxed);
                 if let Some(observe) = &inner.observer {
@@ -697,6 +736,17 @@ async fn writer_loop(
                 }
             }
         }
+    }
+}
+
+/// Counts a writer's commit as under way until dropped (also when the
+/// commit fails), and wakes a writer waiting for it.
+struct Committing<'a>(&'a Queue);
+
+impl Drop for Committing<'_> {
+    fn drop(&mut self) {
+        self.0.committing.fetch_sub(1, Ordering::AcqRel);
+        self.0.committed.notify_waiters();
     }
 }
 
