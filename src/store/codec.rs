@@ -223,34 +223,50 @@ fn deflate(raw: &[u8]) -> Option<Vec<u8>> {
         // is not worth keeping, and deflate stops short instead.
         let mut out = Vec::with_capacity(raw.len() - 1);
         match c.compress_vec(raw, &mut out, FlushCompress::Finish) {
-            Ok(Status::StreamEnd) if c.total_in() == raw.len() as u64 => Some(out),
+            Ok(Status::StreamEnd) if c.total_in() == raw.len() as u64 => {
+                // Kept until the commit: no room to spare beside it.
+                out.shrink_to_fit();
+                Some(out)
+            }
             _ => None,
         }
     })
 }
 
 /// Inflates a body deflated by [`deflate`], which must come out exactly
-/// `len` bytes long.
+/// `len` bytes long. The buffer grows as the stream yields bytes, so a
+/// damaged length cannot become a huge allocation up front.
 fn inflate(data: &[u8], len: u64) -> Result<Vec<u8>, StoreError> {
-    // deflate cannot expand more than 1032:1; a larger length is damage,
-    // and must not become a huge allocation.
+    // deflate cannot expand more than 1032:1.
     if len > (data.len() as u64).saturating_mul(1032) {
         return Err(corrupt("body length does not match"));
     }
+    let len = usize::try_from(len).map_err(|_| corrupt("body length does not match"))?;
     INFLATE.with(|cell| {
         let mut cell = cell.borrow_mut();
         let d = cell.get_or_insert_with(|| Decompress::new_with_window_bits(false, WINDOW_BITS));
         d.reset(false);
         d.set_dictionary(DICTIONARY)
             .map_err(|_| corrupt("body does not inflate"))?;
-        let mut out = Vec::with_capacity(len as usize);
-        match d.decompress_vec(data, &mut out, FlushDecompress::Finish) {
-            Ok(Status::StreamEnd)
-                if out.len() as u64 == len && d.total_in() == data.len() as u64 =>
-            {
-                Ok(out)
+        let mut out = Vec::with_capacity(len.min(64 * 1024));
+        loop {
+            let consumed = d.total_in() as usize;
+            let status = d
+                .decompress_vec(&data[consumed..], &mut out, FlushDecompress::Finish)
+                .map_err(|_| corrupt("body does not inflate"))?;
+            match status {
+                Status::StreamEnd => break,
+                // Out of room: grow towards the stated length, never past it.
+                _ if out.len() == out.capacity() && out.len() < len => {
+                    out.reserve((len - out.len()).min(out.len().max(64 * 1024)));
+                }
+                _ => return Err(corrupt("body does not inflate")),
             }
-            _ => Err(corrupt("body does not inflate")),
+        }
+        if out.len() == len && d.total_in() == data.len() as u64 {
+            Ok(out)
+        } else {
+            Err(corrupt("body does not inflate"))
         }
     })
 }
@@ -806,6 +822,13 @@ mod tests {
 
     #[test]
     fn bodies_that_do_not_shrink_are_kept_raw() {
+        // Empty, and at the edge of where deflate is tried.
+        for n in [0, DEFLATE_FROM - 1, DEFLATE_FROM] {
+            let raw = Bytes::from("a".repeat(n));
+            let packed = StoredBody::pack(&raw);
+            assert_eq!(packed.method == method::RAW, n < DEFLATE_FROM, "{n}");
+            assert_eq!(packed.unpack().unwrap(), raw);
+        }
         // Short, and incompressible (a fixed pseudo-random sequence).
         let short = Bytes::from_static(br#"{"id":"x","status":"completed"}"#);
         assert_eq!(StoredBody::pack(&short).method, method::RAW);
@@ -860,6 +883,15 @@ mod tests {
             };
             assert!(damaged.unpack().is_err());
         }
+        // Bytes after the end of the stream are damage too.
+        let mut trailing = packed.data.to_vec();
+        trailing.push(0);
+        let padded = StoredBody {
+            len: packed.len,
+            method: method::DEFLATE_DICT_1,
+            data: Bytes::from(trailing),
+        };
+        assert!(padded.unpack().is_err());
         let unknown = StoredBody {
             method: 9,
             ..packed
@@ -869,7 +901,7 @@ mod tests {
 
     /// See `version_2_records_stay_readable`: version 2, id 7, received
     /// 1000, route 1, callback, status "completed", no source id, no
-    /// headers, no deliveries; then the body: 451 bytes as received
+    /// headers, no deliveries; then the body: 323 bytes as received
     /// (varint 195 2), method 1, 85 bytes of deflate.
     const V2_RECORD: &[u8] = &[
         2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 7, 232, 7, 1, 0, 10, 99, 111, 109, 112,

@@ -71,7 +71,7 @@ const SWEEP_SLICE: &str = "key_sweep_slice";
 const SWEEP_AT: &str = "key_sweep_at";
 const FORMAT: &str = "format";
 /// The layout version of this file (tables and their meaning).
-const FORMAT_VERSION: u64 = 2;
+const FORMAT_VERSION: u64 = 3;
 
 /// The store file's name inside `store.path`.
 pub const FILE_NAME: &str = "hookrelay.redb";
@@ -288,6 +288,13 @@ fn open_database(path: &Path, cache_bytes: usize) -> Result<Option<Database>, St
                 meta.insert(FORMAT, FORMAT_VERSION).map_err(backend)?;
             }
             Some(v) if v == FORMAT_VERSION => {}
+            // Layout 2 holds records of version 1 only, which this build
+            // reads; marking the file 3 makes earlier builds, which cannot
+            // read the version-2 records written from now on, refuse it
+            // at open instead of failing record by record.
+            Some(2) => {
+                meta.insert(FORMAT, FORMAT_VERSION).map_err(backend)?;
+            }
             Some(v) => {
                 return Err(StoreError::Corrupt(format!(
                     "{} has layout version {v}; this hookrelay reads version {FORMAT_VERSION}",
@@ -1906,7 +1913,7 @@ impl Store for EmbeddedStore {
                 return Ok(None);
             };
             let names = db.names.read().expect("names lock");
-            let Some(e) = read_event(txn, key.seq, true)? else {
+            let Some(e) = read_event(txn, key.seq, false)? else {
                 return Ok(Some(EventView {
                     event_id: event,
                     route: names.route(key.route),
@@ -1984,7 +1991,7 @@ impl Store for EmbeddedStore {
                         break;
                     }
                     if let Some(v) = events.get(seq).map_err(backend)? {
-                        let e = codec::decode_event(v.value(), true)?;
+                        let e = codec::decode_event(v.value(), false)?;
                         if e.source_id.as_deref() == Some(source.as_str()) {
                             out.push(summary(&names, &e));
                         }
@@ -2002,7 +2009,7 @@ impl Store for EmbeddedStore {
                 let seq = key.value();
                 last = Some(seq);
                 scanned += 1;
-                let e = codec::decode_event(value.value(), true)?;
+                let e = codec::decode_event(value.value(), false)?;
                 if route.is_none_or(|r| r == e.route) {
                     out.push(summary(&names, &e));
                 }

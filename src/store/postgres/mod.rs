@@ -227,7 +227,7 @@ impl Sql {
                                         $6::smallint[], $7::bigint[], $8::text[], $9::bool[])
                      AS t(event_id, subscriber, attempt, record, now_ms, state, due_ms, reason,
                           keep)
-                 )
+                 ), d AS (
                  UPDATE {s}.deliveries d SET
                    attempts = GREATEST(d.attempts, u.attempt),
                    history = CASE WHEN u.record IS NULL THEN d.history
@@ -249,10 +249,17 @@ impl Sql {
                  -- this update from the owner index or the pending-rows
                  -- index and compare every row this replica holds with
                  -- every result. The event row is not touched: whether it
-                 -- is still open is read from its deliveries (migration 5).
+                 -- is still open is read from its deliveries, and a
+                 -- closing row tells the pruner (migration 5).
                  WHERE d.event_id = u.event_id AND d.subscriber = u.subscriber
                    AND d.state + 0 = 0 AND d.owner IS NOT DISTINCT FROM $10
-                 RETURNING d.event_id, d.subscriber"
+                 RETURNING d.event_id, d.subscriber, d.state, d.updated_ms
+                 ), closed AS (
+                   -- A delivered result tells the pruner (migration 5).
+                   INSERT INTO {s}.closings (event_id, closed_ms)
+                   SELECT event_id, max(updated_ms) FROM d WHERE state = 1 GROUP BY event_id
+                 )
+                 SELECT event_id, subscriber FROM d"
             ),
             // Only unclaimed rows, through their own partial index
             // (`deliveries_free`): rows this or another live replica holds
@@ -650,7 +657,9 @@ const WRITERS: usize = 2;
 /// waits for that commit and then takes everything queued: one transaction
 /// instead of several small ones, each with its round trip and WAL flush
 /// (with two replicas on one database, batches halved and transactions
-/// doubled, BENCHMARKS.md). A deep queue is worth the overlap.
+/// doubled, BENCHMARKS.md). A deep queue is worth the overlap. The depth is
+/// read when the wait begins and again when the other commit ends (or the
+/// wait times out), not on every arrival.
 const OVERLAP_FROM: usize = 16;
 
 /// Longest a writer waits for the other writer's commit before starting
@@ -683,7 +692,9 @@ async fn writer_loop(inner: Arc<Inner>, queue: Arc<Queue>, max_batch: usize) {
                 let done = queue.committed.notified();
                 tokio::pin!(done);
                 done.as_mut().enable();
-                if queue.committing.load(Ordering::Acquire) == 0 || rx.len() + 1 >= OVERLAP_FROM {
+                if queue.committing.load(Ordering::Acquire) == 0
+                    || rx.len().saturating_add(1) >= OVERLAP_FROM
+                {
                     break;
                 }
                 if tokio::time::timeout_at(deadline, done).await.is_err() {
@@ -1526,6 +1537,9 @@ impl Store for PostgresStore {
                        UPDATE {s}.deliveries d SET state = 3, updated_ms = $4
                        FROM t WHERE d.event_id = t.event_id AND d.subscriber = t.subscriber
                        RETURNING d.*
+                     ), closed AS (
+                       INSERT INTO {s}.closings (event_id, closed_ms)
+                       SELECT DISTINCT event_id, $4::bigint FROM d
                      )
                      SELECT {DELIVERY_COLUMNS} FROM d JOIN {s}.events e ON e.id = d.event_id"
                 ),
@@ -1625,67 +1639,88 @@ impl Store for PostgresStore {
                 .saturating_sub(policy.dead_letter_retention_ms),
         );
         // 1. Dead letters past their own retention are deleted; their
-        // events' details go in this same run once nothing else holds them.
-        let expired: Vec<Vec<u8>> = tx
-            .query(
+        // events' details go in this same run once nothing else holds
+        // them (a closing at time 0).
+        let dead_letters: i64 = tx
+            .query_one(
                 &format!(
                     "WITH t AS (
                        SELECT event_id, subscriber FROM {s}.deliveries
                        WHERE state = 2 AND updated_ms < $1 LIMIT $2 FOR UPDATE SKIP LOCKED
+                     ), d AS (
+                       UPDATE {s}.deliveries d SET state = 3, updated_ms = $3
+                       FROM t WHERE d.event_id = t.event_id AND d.subscriber = t.subscriber
+                       RETURNING d.event_id
+                     ), closed AS (
+                       INSERT INTO {s}.closings (event_id, closed_ms)
+                       SELECT DISTINCT event_id, 0::bigint FROM d
                      )
-                     UPDATE {s}.deliveries d SET state = 3, updated_ms = $3
-                     FROM t WHERE d.event_id = t.event_id AND d.subscriber = t.subscriber
-                     RETURNING d.event_id"
+                     SELECT count(*) FROM d"
                 ),
                 &[&dl_cutoff, &limit, &now],
             )
             .await
             .map_err(|e| inner.failed(e))?
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
-        let dead_letters = expired.len();
+            .get(0);
+        let dead_letters = dead_letters as usize;
         // 2. Events done for longer than the retention lose their details:
         // none of their deliveries open (pending or dead), none ended
-        // within the retention (the event is "done" when its last delivery
-        // ended; an event without deliveries, when it was received). Those
-        // of step 1 count as done long ago. Rows are walked in receipt
-        // order through `events_live`; an event received within the
-        // retention cannot have been done before it.
+        // within the retention (an event is done when its last delivery
+        // ended). Candidates are the closings older than the cutoff, each
+        // read once and deleted: an event still open, or closed again
+        // later, has (or will have) a later closing of its own.
         let cutoff = db_ms(policy.now_ms.saturating_sub(policy.retention_ms));
-        let prune_where = |which: &str| {
-            format!(
-                "WITH v AS (
-                   SELECT ev.id FROM {s}.events ev
-                   WHERE NOT ev.pruned AND {which}
-                     AND NOT EXISTS (
-                       SELECT 1 FROM {s}.deliveries d WHERE d.event_id = ev.id
-                         AND (d.state IN (0, 2)
-                              OR (d.updated_ms >= $1 AND NOT d.event_id = ANY($3))))
-                   ORDER BY ev.received_ms
-                   LIMIT $2 FOR UPDATE OF ev SKIP LOCKED
-                 ), gone AS (
-                   DELETE FROM {s}.deliveries WHERE event_id IN (SELECT id FROM v)
-                 )
-                 UPDATE {s}.events SET body = NULL, headers = '[]', source_id = NULL,
-                   status = NULL, pruned = true
-                 WHERE id IN (SELECT id FROM v)"
+        let row = tx
+            .query_one(
+                &format!(
+                    "WITH c AS (
+                       DELETE FROM {s}.closings WHERE ctid IN (
+                         SELECT ctid FROM {s}.closings WHERE closed_ms < $1
+                         ORDER BY closed_ms LIMIT $2 FOR UPDATE SKIP LOCKED)
+                       RETURNING event_id, closed_ms
+                     ), e AS (
+                       SELECT event_id, bool_or(closed_ms = 0) AS forced FROM c GROUP BY event_id
+                     ), v AS (
+                       SELECT ev.id FROM {s}.events ev JOIN e ON e.event_id = ev.id
+                       WHERE NOT ev.pruned
+                         AND NOT EXISTS (
+                           SELECT 1 FROM {s}.deliveries d WHERE d.event_id = ev.id
+                             AND (d.state IN (0, 2) OR (d.updated_ms >= $1 AND NOT e.forced)))
+                       FOR UPDATE OF ev
+                     ), gone AS (
+                       DELETE FROM {s}.deliveries WHERE event_id IN (SELECT id FROM v)
+                     ), pruned AS (
+                       UPDATE {s}.events SET body = NULL, headers = '[]', source_id = NULL,
+                         status = NULL, pruned = true
+                       WHERE id IN (SELECT id FROM v)
+                       RETURNING 1
+                     )
+                     SELECT (SELECT count(*) FROM c), (SELECT count(*) FROM pruned)"
+                ),
+                &[&cutoff, &limit],
             )
-        };
-        let mut details = 0;
-        if !expired.is_empty() {
-            details += tx
-                .execute(
-                    &prune_where("ev.id = ANY($3)"),
-                    &[&cutoff, &limit, &expired],
-                )
-                .await
-                .map_err(|e| inner.failed(e))? as usize;
-        }
+            .await
+            .map_err(|e| inner.failed(e))?;
+        let closings = row.get::<_, i64>(0) as usize;
+        let mut details = row.get::<_, i64>(1) as usize;
+        // ... and, as before migration 5, events counted done in their own
+        // row: those without deliveries (done when received), and those a
+        // replica of the previous version closed.
         details += tx
             .execute(
-                &prune_where("ev.received_ms < $1"),
-                &[&cutoff, &(limit - details as i64).max(0), &expired],
+                &format!(
+                    "WITH v AS (
+                       SELECT id FROM {s}.events
+                       WHERE open_count = 0 AND NOT pruned AND done_ms < $1
+                       LIMIT $2 FOR UPDATE SKIP LOCKED
+                     ), gone AS (
+                       DELETE FROM {s}.deliveries WHERE event_id IN (SELECT id FROM v)
+                     )
+                     UPDATE {s}.events SET body = NULL, headers = '[]', source_id = NULL,
+                       status = NULL, pruned = true
+                     WHERE id IN (SELECT id FROM v)"
+                ),
+                &[&cutoff, &limit],
             )
             .await
             .map_err(|e| inner.failed(e))? as usize;
@@ -1726,7 +1761,8 @@ impl Store for PostgresStore {
             details,
             keys,
             dead_letters,
-            more: details == policy.max_items
+            more: details >= policy.max_items
+                || closings == policy.max_items
                 || tasks == policy.max_items
                 || keys == policy.max_items
                 || dead_letters == policy.max_items,
