@@ -15,7 +15,7 @@ use arbitrary::{Arbitrary, Result, Unstructured};
 use bytes::Bytes;
 use hookrelay::store::codec::{
     decode_event, decode_expected, decode_key, encode_event, encode_expected, encode_key,
-    DeliveryRecord, EventRecord, ExpectedRecord, KeyRecord,
+    DeliveryRecord, EventRecord, ExpectedRecord, KeyRecord, StoredBody,
 };
 use hookrelay::store::{AttemptRecord, DeliveryState, EventId, ExpectedState, Origin};
 use libfuzzer_sys::fuzz_target;
@@ -26,14 +26,18 @@ fuzz_target!(|data: &[u8]| {
     let light = decode_event(data, false);
     match (&full, &light) {
         (Ok(full), Ok(light)) => {
-            assert!(light.body.is_empty());
+            // The light read keeps the body's length, not its bytes.
+            assert_eq!(light.body.stored_len(), 0);
+            assert_eq!(light.body.len(), full.body.len());
             assert_eq!(
                 EventRecord {
-                    body: Bytes::new(),
-                    ..full.clone()
+                    body: full.body.clone(),
+                    ..light.clone()
                 },
-                *light
+                *full
             );
+            // Unpacking a damaged body is an error, never a panic.
+            let _ = full.body.unpack();
             let again = decode_event(&encode_event(full), true).expect("re-encoded");
             assert_eq!(&again, full);
         }
@@ -114,7 +118,7 @@ fn event(u: &mut Unstructured<'_>) -> Result<EventRecord> {
         source_id: Option::<String>::arbitrary(u)?,
         headers: Vec::<(String, String)>::arbitrary(u)?,
         deliveries,
-        body: Bytes::from(Vec::<u8>::arbitrary(u)?),
+        body: StoredBody::pack(&Bytes::from(Vec::<u8>::arbitrary(u)?)),
     })
 }
 
