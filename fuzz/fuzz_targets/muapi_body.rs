@@ -52,11 +52,18 @@ fuzz_target!(|body: &[u8]| {
     let head = muapi::parse(body);
     let expected = match (&ours, &tree) {
         (Ok(_), Ok(tree)) => {
-            let text = |name: &str| match tree.get(name) {
-                Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
+            // muapi's rules: a non-empty text, within its bound, without
+            // control characters.
+            let text = |name: &str, max: usize| match tree.get(name) {
+                Some(Value::String(s))
+                    if !s.is_empty() && s.len() <= max && !s.chars().any(char::is_control) =>
+                {
+                    Some(s.clone())
+                }
                 _ => None,
             };
-            text("id").zip(text("status"))
+            text("id", hookrelay::intake::muapi::MAX_ID_BYTES)
+                .zip(text("status", hookrelay::intake::muapi::MAX_STATUS_BYTES))
         }
         _ => None,
     };
