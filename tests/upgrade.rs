@@ -244,4 +244,14 @@ async fn a_store_with_version_1_records_opens_and_its_pending_deliveries_are_del
     gone.wait_for(1, Duration::from_secs(10)).await;
     assert_eq!(gone.received()[0].body, expected_body(6).as_bytes());
     gateway.shutdown().await;
+
+    // The file now says layout 3 (it holds version-2 records), so a build
+    // that reads only version-1 records refuses it at open.
+    use redb::{ReadableDatabase as _, ReadableTable as _};
+    let db = redb::Database::open(data.join("hookrelay.redb")).unwrap();
+    let txn = db.begin_read().unwrap();
+    let meta = txn
+        .open_table(redb::TableDefinition::<&str, u64>::new("meta"))
+        .unwrap();
+    assert_eq!(meta.get("format").unwrap().unwrap().value(), 3);
 }
