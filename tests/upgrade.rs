@@ -247,7 +247,7 @@ async fn a_store_with_version_1_records_opens_and_its_pending_deliveries_are_del
 
     // The file now says layout 3 (it holds version-2 records), so a build
     // that reads only version-1 records refuses it at open.
-    use redb::{ReadableDatabase as _, ReadableTable as _};
+    use redb::ReadableDatabase as _;
     let db = redb::Database::open(data.join("hookrelay.redb")).unwrap();
     let txn = db.begin_read().unwrap();
     let meta = txn
