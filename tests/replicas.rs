@@ -223,38 +223,98 @@ async fn a_killed_replicas_deliveries_go_to_the_other_after_the_lease() {
     assert!(b.log_text().contains("hookrelay listening"));
 }
 
-/// A TCP proxy in front of PostgreSQL that the test can cut and restore.
+/// A TCP proxy in front of PostgreSQL that the test can cut and restore,
+/// or arm to lose the server's answer to one `COMMIT`.
 struct Proxy {
     addr: SocketAddr,
     up: Arc<Mutex<bool>>,
     cut: Arc<tokio::sync::Notify>,
+    /// When set: the connection whose client sends these bytes has the
+    /// server's next answer that holds a `COMMIT` command tag swallowed
+    /// (the commit is carried out, its answer never arrives), and is
+    /// closed.
+    ambush: Arc<Mutex<Option<Vec<u8>>>>,
+    /// Set once an armed ambush has swallowed a `COMMIT`'s answer.
+    sprung: Arc<std::sync::atomic::AtomicBool>,
+}
+
+fn holds(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
 }
 
 impl Proxy {
     async fn start(target: SocketAddr) -> Self {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let up = Arc::new(Mutex::new(true));
         let cut = Arc::new(tokio::sync::Notify::new());
-        let (up2, cut2) = (up.clone(), cut.clone());
+        let ambush: Arc<Mutex<Option<Vec<u8>>>> = Arc::new(Mutex::new(None));
+        let sprung = Arc::new(AtomicBool::new(false));
+        let (up2, cut2, ambush2, sprung2) =
+            (up.clone(), cut.clone(), ambush.clone(), sprung.clone());
         tokio::spawn(async move {
-            while let Ok((mut inbound, _)) = listener.accept().await {
+            while let Ok((inbound, _)) = listener.accept().await {
                 if !*up2.lock().unwrap() {
                     continue; // refused: dropped at once
                 }
-                let cut = cut2.clone();
+                let (cut, ambush, sprung) = (cut2.clone(), ambush2.clone(), sprung2.clone());
                 tokio::spawn(async move {
-                    let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await else {
+                    let Ok(outbound) = tokio::net::TcpStream::connect(target).await else {
                         return;
                     };
+                    let (mut from_client, mut to_client) = inbound.into_split();
+                    let (mut from_server, mut to_server) = outbound.into_split();
+                    let marked = AtomicBool::new(false);
+                    let upstream = async {
+                        let mut buf = vec![0u8; 64 * 1024];
+                        loop {
+                            let n = from_client.read(&mut buf).await.unwrap_or(0);
+                            if n == 0 {
+                                return;
+                            }
+                            let armed = ambush.lock().unwrap().clone();
+                            if armed.is_some_and(|m| holds(&buf[..n], &m)) {
+                                marked.store(true, Ordering::SeqCst);
+                            }
+                            if to_server.write_all(&buf[..n]).await.is_err() {
+                                return;
+                            }
+                        }
+                    };
+                    let downstream = async {
+                        let mut buf = vec![0u8; 64 * 1024];
+                        loop {
+                            let n = from_server.read(&mut buf).await.unwrap_or(0);
+                            if n == 0 {
+                                return;
+                            }
+                            if marked.load(Ordering::SeqCst) && holds(&buf[..n], b"COMMIT\0") {
+                                ambush.lock().unwrap().take();
+                                sprung.store(true, Ordering::SeqCst);
+                                return; // the answer is lost; both sides close
+                            }
+                            if to_client.write_all(&buf[..n]).await.is_err() {
+                                return;
+                            }
+                        }
+                    };
                     tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = upstream => {}
+                        _ = downstream => {}
                         _ = cut.notified() => {}
                     }
                 });
             }
         });
-        Self { addr, up, cut }
+        Self {
+            addr,
+            up,
+            cut,
+            ambush,
+            sprung,
+        }
     }
 
     fn cut(&self) {
@@ -265,31 +325,45 @@ impl Proxy {
     fn restore(&self) {
         *self.up.lock().unwrap() = true;
     }
+
+    /// Arms the ambush for the transaction that carries `marker`.
+    fn lose_the_commit_answer_of(&self, marker: &str) {
+        *self.ambush.lock().unwrap() = Some(marker.as_bytes().to_vec());
+    }
+
+    fn sprung(&self) -> bool {
+        self.sprung.load(std::sync::atomic::Ordering::SeqCst)
+    }
 }
 
-#[tokio::test]
-async fn losing_the_database_means_503_then_recovery_without_a_restart() {
-    let db = TestSchema::new();
-    let server: SocketAddr = {
-        let url = &db.url;
-        let hostport = url
-            .split('@')
-            .nth(1)
-            .unwrap()
-            .split('/')
-            .next()
-            .unwrap()
-            .to_string();
-        tokio::net::lookup_host(hostport)
-            .await
-            .unwrap()
-            .next()
-            .unwrap()
-    };
-    let proxy = Proxy::start(server).await;
+/// The address of the test database's server, for a proxy to forward to.
+async fn server_of(db: &TestSchema) -> SocketAddr {
+    let hostport = db
+        .url
+        .split('@')
+        .nth(1)
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+    tokio::net::lookup_host(hostport)
+        .await
+        .unwrap()
+        .next()
+        .unwrap()
+}
+
+/// A gateway on the test schema reached through `proxy`, delivering to
+/// `sink` within `timeout`.
+async fn gateway_behind(
+    db: &TestSchema,
+    server: SocketAddr,
+    proxy: &Proxy,
+    sink: &Sink,
+    timeout: &str,
+) -> hookrelay::Gateway {
     let proxied_url = db.url.replace(&server.to_string(), &proxy.addr.to_string());
-    let slow = Sink::start().await;
-    slow.set_default(Reply::Delay(200, Duration::from_millis(800)));
     let yaml = format!(
         r#"
 server:
@@ -298,7 +372,7 @@ admin:
   listen: "127.0.0.1:0"
   token: admin-token
 {store}defaults:
-  timeout: 5s
+  timeout: {timeout}
 routes:
   - name: muapi
     path: /hooks/muapi
@@ -309,11 +383,21 @@ routes:
         url: {url}
 "#,
         store = db.store_yaml_at(&proxied_url, "10s"),
-        url = slow.url("/x")
+        url = sink.url("/x")
     );
-    let gw = hookrelay::Gateway::start(hookrelay::Config::from_yaml(&yaml, &|_| None).unwrap())
+    hookrelay::Gateway::start(hookrelay::Config::from_yaml(&yaml, &|_| None).unwrap())
         .await
-        .unwrap();
+        .unwrap()
+}
+
+#[tokio::test]
+async fn losing_the_database_means_503_then_recovery_without_a_restart() {
+    let db = TestSchema::new();
+    let server = server_of(&db).await;
+    let proxy = Proxy::start(server).await;
+    let slow = Sink::start().await;
+    slow.set_default(Reply::Delay(200, Duration::from_millis(800)));
+    let gw = gateway_behind(&db, server, &proxy, &slow, "5s").await;
     let client = TestClient::plain(gw.ingress_addr);
     let admin = TestClient::plain(gw.admin_addr);
     let first = client
@@ -432,6 +516,55 @@ routes:
     assert_eq!(delivered, 2, "each delivery counted exactly once");
     assert_eq!(received_ids(&slow).len(), 2);
     assert!(received_ids(&slow).values().all(|n| *n == 1));
+    gw.shutdown().await;
+}
+
+/// The connection fails after the batch's `COMMIT` was carried out but
+/// before its answer arrived: the caller is answered 503 (the gateway
+/// cannot know), and the deliveries that commit created must not stay
+/// claimed by this live replica, which holds no lane for them: they are
+/// released and delivered without a restart, and muapi's retry of the
+/// callback answers `duplicate`.
+#[tokio::test]
+async fn a_commit_whose_answer_is_lost_is_still_delivered_without_a_restart() {
+    let db = TestSchema::new();
+    let server = server_of(&db).await;
+    let proxy = Proxy::start(server).await;
+    let sink = Sink::start().await;
+    let gw = gateway_behind(&db, server, &proxy, &sink, "5s").await;
+    let client = TestClient::plain(gw.ingress_addr);
+    // The writer's connection is open and has prepared its statements.
+    let warm = client
+        .post("/hooks/muapi", TOKEN, &muapi_body("warm-up", "completed"))
+        .await;
+    assert_eq!(warm.body["status"], "accepted");
+    sink.wait_for(1, Duration::from_secs(20)).await;
+    proxy.lose_the_commit_answer_of("lost-commit-answer");
+    let body = muapi_body("lost-commit-answer", "completed");
+    let first = client.post("/hooks/muapi", TOKEN, &body).await;
+    assert!(proxy.sprung(), "the proxy did not meet the batch's COMMIT");
+    assert_eq!(
+        first.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "an unanswered commit is not a 2xx: {:?}",
+        first.body
+    );
+    // Its deliveries were committed; they reach the subscriber.
+    sink.wait_for(2, Duration::from_secs(30)).await;
+    let delivered: Vec<_> = sink
+        .received()
+        .into_iter()
+        .filter(|r| holds(&r.body, b"lost-commit-answer"))
+        .collect();
+    assert_eq!(delivered.len(), 1, "delivered once");
+    // muapi's retry is a duplicate of that event.
+    let retry = client.post("/hooks/muapi", TOKEN, &body).await;
+    assert_eq!(retry.status, StatusCode::OK);
+    assert_eq!(retry.body["status"], "duplicate");
+    assert_eq!(
+        retry.body["event_id"].as_str().unwrap(),
+        delivered[0].headers["webhook-id"].to_str().unwrap()
+    );
     gw.shutdown().await;
 }
 

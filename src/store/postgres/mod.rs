@@ -171,6 +171,7 @@ struct Sql {
     dead_owners: String,
     takeover: String,
     release: String,
+    release_events: String,
     renew: String,
     release_all: String,
     notify: String,
@@ -288,6 +289,10 @@ impl Sql {
                 "UPDATE {s}.deliveries SET owner = NULL, lease_until = NULL
                  WHERE owner IS NOT DISTINCT FROM $1 AND route = $2 AND subscriber = $3
                    AND event_id = ANY($4) AND state = 0"
+            ),
+            release_events: format!(
+                "UPDATE {s}.deliveries SET owner = NULL, lease_until = NULL
+                 WHERE owner = $1 AND event_id = ANY($2) AND state = 0"
             ),
             renew: format!(
                 "INSERT INTO {s}.replicas (owner, alive_until, started_ms)
@@ -750,6 +755,50 @@ async fn writer_loop(inner: Arc<Inner>, queue: Arc<Queue>, max_batch: usize) {
     }
 }
 
+/// Gives back the claims that a batch whose commit went unanswered may have
+/// taken (the connection failed after the `COMMIT` was sent, so the
+/// transaction may or may not have been carried out). Retried until the
+/// database answers or the store stops; when the batch was not committed
+/// nothing matches. A muapi retry of such a callback then answers
+/// `duplicate`, and the deliveries are claimed like any free work, by
+/// whichever replica's lanes come first.
+async fn release_unanswered(inner: Arc<Inner>, ids: Vec<Vec<u8>>) {
+    let mut pause = Duration::from_millis(100);
+    loop {
+        let released = async {
+            let client = inner.client().await?;
+            let n = client
+                .execute(&inner.sql.release_events, &[&inner.owner, &ids])
+                .await
+                .map_err(|e| inner.failed(e))?;
+            if n > 0 {
+                let _ = client.execute(&inner.sql.notify, &[]).await;
+            }
+            Ok::<_, StoreError>(n)
+        }
+        .await;
+        match released {
+            Ok(n) => {
+                if n > 0 {
+                    tracing::warn!(
+                        deliveries = n,
+                        "a commit went unanswered but was carried out; its deliveries are released to every replica"
+                    );
+                }
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot yet release the claims of an unanswered commit")
+            }
+        }
+        tokio::select! {
+            _ = inner.stop.cancelled() => return,
+            _ = tokio::time::sleep(pause) => {}
+        }
+        pause = (pause * 2).min(Duration::from_secs(5));
+    }
+}
+
 /// Counts a writer's commit as under way until dropped (also when the
 /// commit fails), and wakes a writer waiting for it.
 struct Committing<'a>(&'a Queue);
@@ -786,7 +835,7 @@ const BEGIN_BY_KEY: &str = "BEGIN; SET LOCAL enable_seqscan = off; \
 /// rather than returned to the pool, so no half-finished transaction can
 /// reach the next batch.
 async fn commit_batch(
-    inner: &Inner,
+    inner: &Arc<Inner>,
     batch: &[Write],
 ) -> Result<(Vec<AppendOutcome>, Vec<Recorded>), StoreError> {
     let client = inner.client().await?;
@@ -952,6 +1001,13 @@ async fn commit_batch(
         Err(e) => {
             let error = inner.failed(e);
             drop(deadpool_postgres::Object::take(client));
+            if matches!(error, StoreError::Unavailable(_)) && !ids.is_empty() {
+                // The COMMIT may have been carried out before the answer
+                // was lost. Its callers are answered 503, so no lane holds
+                // these events, yet their deliveries would then be claimed
+                // by this live replica for good: give the claims back.
+                tokio::spawn(release_unanswered(inner.clone(), ids));
+            }
             return Err(error);
         }
     };
