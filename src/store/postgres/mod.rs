@@ -533,8 +533,9 @@ impl Inner {
 pub struct PostgresStore {
     inner: Arc<Inner>,
     /// The queues of the group-committing writers: appends, and attempt
-    /// results. Kept apart so that a callback's 2xx waits only for other
-    /// appends' commit, never for a batch of attempt results.
+    /// results. Kept apart so that appends are always taken first: a
+    /// callback's 2xx never waits behind queued attempt results, and a
+    /// backlog of results never makes ingress `Overloaded`.
     writer: Mutex<Option<[mpsc::Sender<Write>; 2]>>,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
@@ -591,27 +592,28 @@ impl PostgresStore {
             .await
             .map_err(|e| inner.failed(e))?;
         takeover(&inner).await?;
-        // Two queues (appends, attempt results), each drained by
-        // [`WRITERS`] writers taking turns, so one batch's commit (a round
-        // trip and the server's fsync) overlaps the next batch, and an
-        // append never waits behind attempt results.
+        // Two queues (appends, attempt results) drained by [`WRITERS`]
+        // writers taking turns, so one batch's commit (a round trip and the
+        // server's fsync) overlaps the next batch. Each batch takes the
+        // waiting appends first and the waiting results with them: one
+        // transaction where two would be made (with two replicas on one
+        // database every transaction counts twice, BENCHMARKS.md).
         let mut tasks = Vec::new();
-        let queues = [(); 2].map(|_| {
-            let (tx, rx) = mpsc::channel(options.max_batch.max(64) * 4);
-            let queue = Arc::new(Queue {
-                rx: tokio::sync::Mutex::new(rx),
-                committing: AtomicUsize::new(0),
-                committed: Notify::new(),
-            });
-            for _ in 0..WRITERS {
-                tasks.push(tokio::spawn(writer_loop(
-                    inner.clone(),
-                    queue.clone(),
-                    options.max_batch.max(1),
-                )));
-            }
-            tx
+        let (appends_tx, appends) = mpsc::channel(options.max_batch.max(64) * 4);
+        let (attempts_tx, attempts) = mpsc::channel(options.max_batch.max(64) * 4);
+        let queue = Arc::new(Queue {
+            rx: tokio::sync::Mutex::new(Receivers { appends, attempts }),
+            committing: AtomicUsize::new(0),
+            committed: Notify::new(),
         });
+        for _ in 0..WRITERS {
+            tasks.push(tokio::spawn(writer_loop(
+                inner.clone(),
+                queue.clone(),
+                options.max_batch.max(1),
+            )));
+        }
+        let queues = [appends_tx, attempts_tx];
         tasks.push(tokio::spawn(renew_loop(inner.clone(), options.lease)));
         tasks.push(tokio::spawn(health_loop(inner.clone())));
         tasks.push(tokio::spawn(listen_loop(
@@ -654,11 +656,11 @@ impl PostgresStore {
     }
 }
 
-/// Writers committing batches at the same time, per queue.
+/// Writers committing batches at the same time.
 const WRITERS: usize = 2;
 
-/// Writes waiting in a queue for which a second writer starts a batch while
-/// the first one's commit is still under way. With fewer, the second writer
+/// Appends waiting for which a second writer starts a batch while the
+/// first one's commit is still under way. With fewer, the second writer
 /// waits for that commit and then takes everything queued: one transaction
 /// instead of several small ones, each with its round trip and WAL flush
 /// (with two replicas on one database, batches halved and transactions
@@ -671,9 +673,22 @@ const OVERLAP_FROM: usize = 16;
 /// its own batch anyway.
 const OVERLAP_WAIT: Duration = Duration::from_millis(20);
 
-/// One queue of writes and what its writers share.
+/// Attempt results a batch that also carries appends takes at most: about
+/// 4 ms of the server's time (BENCHMARKS.md), so a backlog of results
+/// delays a callback's 2xx by little. A batch without appends takes up to
+/// `max_batch`.
+const ATTEMPTS_WITH_APPENDS: usize = 256;
+
+/// The writers' two queues, received together so that one batch can take
+/// from both.
+struct Receivers {
+    appends: mpsc::Receiver<Write>,
+    attempts: mpsc::Receiver<Write>,
+}
+
+/// The queues of writes and what their writers share.
 struct Queue {
-    rx: tokio::sync::Mutex<mpsc::Receiver<Write>>,
+    rx: tokio::sync::Mutex<Receivers>,
     /// Writers whose batch is being committed now.
     committing: AtomicUsize,
     /// Signalled when a writer's commit ends.
@@ -685,20 +700,27 @@ async fn writer_loop(inner: Arc<Inner>, queue: Arc<Queue>, max_batch: usize) {
     loop {
         {
             let mut rx = queue.rx.lock().await;
-            let Some(first) = rx.recv().await else {
-                return;
-            };
-            batch.push(first);
+            let rx = &mut *rx;
+            // The first write to arrive, an append if both are waiting.
+            // Both queues closed and drained: the store is closing.
+            tokio::select! {
+                biased;
+                Some(first) = rx.appends.recv() => batch.push(first),
+                Some(first) = rx.attempts.recv() => batch.push(first),
+                else => return,
+            }
             // Another writer is committing and little is waiting: join the
             // next batch instead of starting a small one beside it. The
-            // queue keeps filling while this writer holds it.
+            // queues keep filling while this writer holds them. A full
+            // batch of results waiting is worth its own transaction too.
             let deadline = tokio::time::Instant::now() + OVERLAP_WAIT;
             loop {
                 let done = queue.committed.notified();
                 tokio::pin!(done);
                 done.as_mut().enable();
                 if queue.committing.load(Ordering::Acquire) == 0
-                    || rx.len().saturating_add(1) >= OVERLAP_FROM
+                    || rx.appends.len().saturating_add(1) >= OVERLAP_FROM
+                    || rx.attempts.len() >= max_batch
                 {
                     break;
                 }
@@ -706,12 +728,7 @@ async fn writer_loop(inner: Arc<Inner>, queue: Arc<Queue>, max_batch: usize) {
                     break;
                 }
             }
-            while batch.len() < max_batch {
-                match rx.try_recv() {
-                    Ok(more) => batch.push(more),
-                    Err(_) => break,
-                }
-            }
+            take_batch(rx, &mut batch, max_batch);
             queue.committing.fetch_add(1, Ordering::AcqRel);
         }
         let committing = Committing(&queue);
@@ -752,6 +769,35 @@ async fn writer_loop(inner: Arc<Inner>, queue: Arc<Queue>, max_batch: usize) {
                 }
             }
         }
+    }
+}
+
+/// Fills a batch whose first write is taken: every waiting append first
+/// (up to `max_batch`), then the waiting attempt results, at most
+/// [`ATTEMPTS_WITH_APPENDS`] beside appends and `max_batch` without.
+fn take_batch(rx: &mut Receivers, batch: &mut Vec<Write>, max_batch: usize) {
+    while batch.len() < max_batch {
+        match rx.appends.try_recv() {
+            Ok(more) => batch.push(more),
+            Err(_) => break,
+        }
+    }
+    let appends = batch
+        .iter()
+        .filter(|w| matches!(w, Write::Append(..)))
+        .count();
+    let room = if appends > 0 {
+        ATTEMPTS_WITH_APPENDS
+    } else {
+        max_batch
+    };
+    let mut attempts = batch.len() - appends;
+    while attempts < room {
+        match rx.attempts.try_recv() {
+            Ok(more) => batch.push(more),
+            Err(_) => break,
+        }
+        attempts += 1;
     }
 }
 
@@ -2031,7 +2077,7 @@ impl Store for PostgresStore {
         drop(self.writer.lock().expect("writer lock").take());
         let tasks: Vec<_> = std::mem::take(&mut *self.tasks.lock().expect("tasks lock"));
         let mut tasks = tasks.into_iter();
-        for writer in tasks.by_ref().take(2 * WRITERS) {
+        for writer in tasks.by_ref().take(WRITERS) {
             let _ = writer.await;
         }
         let inner = &self.inner;
@@ -2054,5 +2100,89 @@ impl Store for PostgresStore {
             let _ = task.await;
         }
         inner.pool.close();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn append(n: u8) -> Write {
+        let event = NewEvent {
+            id: EventId::from_bytes([n; 16]),
+            route: "muapi".into(),
+            received_ms: 1,
+            source_id: None,
+            status: None,
+            origin: Origin::Callback,
+            headers: Vec::new(),
+            body: Bytes::from_static(b"{}"),
+            subscribers: vec!["app".into()],
+            ttl_ms: 1,
+            settles: false,
+        };
+        Write::Append(event, oneshot::channel().0)
+    }
+
+    fn attempt(n: u8) -> Write {
+        let update = AttemptUpdate {
+            event: EventId::from_bytes([n; 16]),
+            route: "muapi".into(),
+            subscriber: "app".into(),
+            attempt: None,
+            next: Next::Delivered,
+        };
+        Write::Attempt(update, oneshot::channel().0)
+    }
+
+    fn queues(appends: u8, attempts: u16) -> Receivers {
+        let (atx, appends_rx) = mpsc::channel(1024);
+        let (rtx, attempts_rx) = mpsc::channel(4096);
+        for n in 0..appends {
+            atx.try_send(append(n)).unwrap();
+        }
+        for n in 0..attempts {
+            rtx.try_send(attempt(n as u8)).unwrap();
+        }
+        Receivers {
+            appends: appends_rx,
+            attempts: attempts_rx,
+        }
+    }
+
+    fn kinds(batch: &[Write]) -> (usize, usize) {
+        let appends = batch
+            .iter()
+            .filter(|w| matches!(w, Write::Append(..)))
+            .count();
+        (appends, batch.len() - appends)
+    }
+
+    #[test]
+    fn a_batch_takes_every_waiting_append_and_a_bounded_share_of_results() {
+        // The writer took one result first; appends that arrived since go
+        // in, then results up to the bound.
+        let mut rx = queues(5, 1000);
+        let mut batch = vec![attempt(200)];
+        take_batch(&mut rx, &mut batch, 1024);
+        assert_eq!(kinds(&batch), (5, ATTEMPTS_WITH_APPENDS));
+        assert_eq!(rx.attempts.len(), 1000 + 1 - ATTEMPTS_WITH_APPENDS);
+    }
+
+    #[test]
+    fn a_batch_without_appends_takes_results_up_to_max_batch() {
+        let mut rx = queues(0, 3000);
+        let mut batch = vec![attempt(200)];
+        take_batch(&mut rx, &mut batch, 1024);
+        assert_eq!(kinds(&batch), (0, 1024));
+    }
+
+    #[test]
+    fn appends_are_bounded_by_max_batch_and_results_still_ride_along() {
+        let mut rx = queues(100, 10);
+        let mut batch = vec![append(200)];
+        take_batch(&mut rx, &mut batch, 64);
+        assert_eq!(kinds(&batch), (64, 10));
+        assert_eq!(rx.appends.len(), 37);
     }
 }
