@@ -236,6 +236,14 @@ struct Proxy {
     ambush: Arc<Mutex<Option<Vec<u8>>>>,
     /// Set once an armed ambush has swallowed a `COMMIT`'s answer.
     sprung: Arc<std::sync::atomic::AtomicBool>,
+    /// When set: the connection whose client sends these bytes is closed on
+    /// the client's side as soon as the client's `COMMIT` has been passed
+    /// on, while the server's side stays open and its answers are read and
+    /// dropped (the server finishes the transaction for a client that is
+    /// gone).
+    detach: Arc<Mutex<Option<Vec<u8>>>>,
+    /// Set once a detached server side has answered its `COMMIT`.
+    committed_alone: Arc<std::sync::atomic::AtomicBool>,
 }
 
 fn holds(haystack: &[u8], needle: &[u8]) -> bool {
@@ -252,14 +260,18 @@ impl Proxy {
         let cut = Arc::new(tokio::sync::Notify::new());
         let ambush: Arc<Mutex<Option<Vec<u8>>>> = Arc::new(Mutex::new(None));
         let sprung = Arc::new(AtomicBool::new(false));
+        let detach: Arc<Mutex<Option<Vec<u8>>>> = Arc::new(Mutex::new(None));
+        let committed_alone = Arc::new(AtomicBool::new(false));
         let (up2, cut2, ambush2, sprung2) =
             (up.clone(), cut.clone(), ambush.clone(), sprung.clone());
+        let (detach2, alone2) = (detach.clone(), committed_alone.clone());
         tokio::spawn(async move {
             while let Ok((inbound, _)) = listener.accept().await {
                 if !*up2.lock().unwrap() {
                     continue; // refused: dropped at once
                 }
                 let (cut, ambush, sprung) = (cut2.clone(), ambush2.clone(), sprung2.clone());
+                let (detach, alone) = (detach2.clone(), alone2.clone());
                 tokio::spawn(async move {
                     let Ok(outbound) = tokio::net::TcpStream::connect(target).await else {
                         return;
@@ -267,6 +279,8 @@ impl Proxy {
                     let (mut from_client, mut to_client) = inbound.into_split();
                     let (mut from_server, mut to_server) = outbound.into_split();
                     let marked = AtomicBool::new(false);
+                    let detaching = AtomicBool::new(false);
+                    let detached = AtomicBool::new(false);
                     let upstream = async {
                         let mut buf = vec![0u8; 64 * 1024];
                         loop {
@@ -278,8 +292,17 @@ impl Proxy {
                             if armed.is_some_and(|m| holds(&buf[..n], &m)) {
                                 marked.store(true, Ordering::SeqCst);
                             }
+                            let armed = detach.lock().unwrap().clone();
+                            if armed.is_some_and(|m| holds(&buf[..n], &m)) {
+                                detaching.store(true, Ordering::SeqCst);
+                            }
                             if to_server.write_all(&buf[..n]).await.is_err() {
                                 return;
+                            }
+                            if detaching.load(Ordering::SeqCst) && holds(&buf[..n], b"COMMIT\0") {
+                                detach.lock().unwrap().take();
+                                detached.store(true, Ordering::SeqCst);
+                                return; // the client's side closes below
                             }
                         }
                     };
@@ -305,6 +328,22 @@ impl Proxy {
                         _ = downstream => {}
                         _ = cut.notified() => {}
                     }
+                    if detached.load(Ordering::SeqCst) {
+                        drop((from_client, to_client));
+                        // The server carries on alone: read its answers
+                        // until the one to the COMMIT.
+                        let mut buf = vec![0u8; 64 * 1024];
+                        loop {
+                            let n = from_server.read(&mut buf).await.unwrap_or(0);
+                            if n == 0 {
+                                return;
+                            }
+                            if holds(&buf[..n], b"COMMIT\0") {
+                                alone.store(true, Ordering::SeqCst);
+                                return;
+                            }
+                        }
+                    }
                 });
             }
         });
@@ -314,6 +353,8 @@ impl Proxy {
             cut,
             ambush,
             sprung,
+            detach,
+            committed_alone,
         }
     }
 
@@ -329,6 +370,16 @@ impl Proxy {
     /// Arms the ambush for the transaction that carries `marker`.
     fn lose_the_commit_answer_of(&self, marker: &str) {
         *self.ambush.lock().unwrap() = Some(marker.as_bytes().to_vec());
+    }
+
+    /// Arms the detach for the transaction that carries `marker`.
+    fn leave_the_server_alone_with(&self, marker: &str) {
+        *self.detach.lock().unwrap() = Some(marker.as_bytes().to_vec());
+    }
+
+    fn committed_alone(&self) -> bool {
+        self.committed_alone
+            .load(std::sync::atomic::Ordering::SeqCst)
     }
 
     fn sprung(&self) -> bool {
@@ -579,6 +630,99 @@ async fn a_commit_whose_answer_is_lost_is_still_delivered_without_a_restart() {
         retry.body["event_id"].as_str().unwrap(),
         delivered[0].headers["webhook-id"].to_str().unwrap()
     );
+    gw.shutdown().await;
+}
+
+/// Whether, within 10 s, a backend of `schema`'s batch is seen waiting for
+/// a lock while another session waits for that backend's advisory lock.
+async fn release_waits_for_batch(db: &tokio_postgres::Client, schema: &str) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let events = format!("{schema}.events");
+    while Instant::now() < deadline {
+        let waiting: i64 = db
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity b
+                   JOIN pg_locks h ON h.pid = b.pid AND h.locktype = 'advisory' AND h.granted
+                   JOIN pg_locks w ON w.locktype = 'advisory' AND NOT w.granted
+                    AND w.classid = h.classid AND w.objid = h.objid AND w.objsubid = h.objsubid
+                 WHERE b.wait_event_type = 'Lock' AND position($1 in b.query) > 0",
+                &[&events],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if waiting > 0 {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
+}
+
+/// As above, but the server is still running the transaction when its
+/// client learns the connection is gone: the batch waits for a lock the
+/// test holds, and commits only after the gateway has answered 503 and
+/// started to give the claims back. The release must wait for that end
+/// (it takes the batch's advisory lock first); a release that ran at once
+/// would find nothing, and the deliveries committed after it would stay
+/// claimed by this live replica for good.
+#[tokio::test]
+async fn a_commit_still_running_when_its_client_is_gone_is_released_once_it_ends() {
+    let db = TestSchema::new();
+    let server = server_of(&db).await;
+    let proxy = Proxy::start(server).await;
+    let sink = Sink::start().await;
+    let gw = gateway_behind(&db, server, &proxy, &sink, "5s").await;
+    let client = TestClient::plain(gw.ingress_addr);
+    let warm = client
+        .post("/hooks/muapi", TOKEN, &muapi_body("warm-up", "completed"))
+        .await;
+    assert_eq!(warm.body["status"], "accepted");
+    sink.wait_for(1, Duration::from_secs(20)).await;
+    // A session of the test's own holds back every insert of an event.
+    let (blocker, connection) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    blocker
+        .batch_execute(&format!(
+            "BEGIN; LOCK TABLE {}.events IN SHARE MODE",
+            db.schema
+        ))
+        .await
+        .unwrap();
+    proxy.leave_the_server_alone_with("still-running-commit");
+    let body = muapi_body("still-running-commit", "completed");
+    let first = client.post("/hooks/muapi", TOKEN, &body).await;
+    assert_eq!(
+        first.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "an unanswered commit is not a 2xx: {:?}",
+        first.body
+    );
+    // The batch is still running on the server, waiting for the lock; the
+    // gateway's release waits for the batch's own lock. (Checked before the
+    // lock is given up, asserted after: a failure must not leave the lock
+    // held, or dropping the schema would wait for it.)
+    let release_waits = release_waits_for_batch(&blocker, &db.schema).await;
+    // The batch goes on and commits for a client that is gone; then the
+    // release gives its claims back and the deliveries go out.
+    blocker.batch_execute("ROLLBACK").await.unwrap();
+    assert!(
+        release_waits,
+        "the release did not wait for the unanswered batch to end"
+    );
+    sink.wait_for(2, Duration::from_secs(30)).await;
+    assert!(
+        proxy.committed_alone(),
+        "the server did not commit the batch"
+    );
+    let delivered = sink
+        .received()
+        .into_iter()
+        .filter(|r| holds(&r.body, b"still-running-commit"))
+        .count();
+    assert_eq!(delivered, 1, "delivered once");
     gw.shutdown().await;
 }
 

@@ -25,7 +25,7 @@
 //! together apply each exactly once.
 
 use std::str::FromStr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -489,6 +489,12 @@ struct Inner {
     wake: Arc<Notify>,
     stop: CancellationToken,
     observer: Option<CommitObserver>,
+    /// The high half of the advisory lock each batch with appends holds
+    /// until its transaction ends ([`batch_lock`]): random per process, so
+    /// replicas' batches do not share keys.
+    batch_class: u32,
+    /// The low half: this process's batches, numbered.
+    batches: AtomicU32,
 }
 
 impl Inner {
@@ -583,6 +589,8 @@ impl PostgresStore {
             wake: Arc::new(Notify::new()),
             stop: CancellationToken::new(),
             observer: options.observer.clone(),
+            batch_class: rand::random::<u32>(),
+            batches: AtomicU32::new(0),
         });
         // This replica's heartbeat, before it claims anything.
         inner
@@ -801,25 +809,53 @@ fn take_batch(rx: &mut Receivers, batch: &mut Vec<Write>, max_batch: usize) {
     }
 }
 
+/// The advisory lock key of a new batch: the process's class in the high
+/// half, the batch's number in the low half. A key shared by chance (two
+/// processes with one class) only makes a release wait for an unrelated
+/// batch's end.
+fn batch_lock(inner: &Inner) -> i64 {
+    let n = inner.batches.fetch_add(1, Ordering::Relaxed);
+    ((u64::from(inner.batch_class) << 32) | u64::from(n)) as i64
+}
+
+/// Longest a release waits at a time for the unanswered batch to end
+/// before it lets its connection go and tries again.
+const RELEASE_LOCK_WAIT: &str = "10s";
+
 /// Gives back the claims that a batch whose commit went unanswered may have
 /// taken (the connection failed after the `COMMIT` was sent, so the
-/// transaction may or may not have been carried out). Retried until the
-/// database answers or the store stops; when the batch was not committed
-/// nothing matches. A muapi retry of such a callback then answers
-/// `duplicate`, and the deliveries are claimed like any free work, by
-/// whichever replica's lanes come first.
-async fn release_unanswered(inner: Arc<Inner>, ids: Vec<Vec<u8>>) {
+/// transaction may or may not have been carried out). The server may still
+/// be running that transaction (waiting for a lock, say) while its client
+/// is gone: the release first takes the batch's advisory lock, which the
+/// batch holds until it ends, so it reads the batch's rows only once they
+/// are committed or gone for good. Retried until the database answers or
+/// the store stops; when the batch was not committed nothing matches. A
+/// muapi retry of such a callback then answers `duplicate`, and the
+/// deliveries are claimed like any free work, by whichever replica's
+/// lanes come first.
+async fn release_unanswered(inner: Arc<Inner>, ids: Vec<Vec<u8>>, key: i64) {
     let mut pause = Duration::from_millis(100);
     loop {
         let released = async {
-            let client = inner.client().await?;
-            let n = client
+            let mut client = inner.client().await?;
+            let tx = client.transaction().await.map_err(|e| inner.failed(e))?;
+            // Its own statement: the release below reads with a snapshot
+            // taken after the lock is granted.
+            tx.batch_execute(&format!(
+                "SET LOCAL lock_timeout = '{RELEASE_LOCK_WAIT}'; SELECT pg_advisory_xact_lock({key})"
+            ))
+            .await
+            .map_err(|e| inner.failed(e))?;
+            let n = tx
                 .execute(&inner.sql.release_events, &[&inner.owner, &ids])
                 .await
                 .map_err(|e| inner.failed(e))?;
             if n > 0 {
-                let _ = client.execute(&inner.sql.notify, &[]).await;
+                tx.execute(&inner.sql.notify, &[])
+                    .await
+                    .map_err(|e| inner.failed(e))?;
             }
+            tx.commit().await.map_err(|e| inner.failed(e))?;
             Ok::<_, StoreError>(n)
         }
         .await;
@@ -1025,9 +1061,19 @@ async fn commit_batch(
     };
     // `biased`: polled in this order, each sends its request on its first
     // poll, so the server receives them in this order.
+    // A batch that appends holds its own advisory lock until it ends, so
+    // that if its answer is lost the claims it may take are given back
+    // only once it has ended (`release_unanswered`).
+    let lock = (!ids.is_empty()).then(|| batch_lock(inner));
+    let begin = match lock {
+        Some(key) => std::borrow::Cow::Owned(format!(
+            "{BEGIN_BY_KEY}; SELECT pg_advisory_xact_lock({key})"
+        )),
+        None => std::borrow::Cow::Borrowed(BEGIN_BY_KEY),
+    };
     let sent = tokio::try_join!(
         biased;
-        client.batch_execute(BEGIN_BY_KEY),
+        client.batch_execute(&begin),
         async {
             match &append {
                 Some(s) => client.query(s, append_params).await,
@@ -1052,7 +1098,8 @@ async fn commit_batch(
                 // was lost. Its callers are answered 503, so no lane holds
                 // these events, yet their deliveries would then be claimed
                 // by this live replica for good: give the claims back.
-                tokio::spawn(release_unanswered(inner.clone(), ids));
+                let key = lock.expect("a batch with appends holds a lock");
+                tokio::spawn(release_unanswered(inner.clone(), ids, key));
             }
             return Err(error);
         }
