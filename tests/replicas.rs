@@ -283,23 +283,35 @@ impl Proxy {
                     let detached = AtomicBool::new(false);
                     let upstream = async {
                         let mut buf = vec![0u8; 64 * 1024];
+                        // The end of the previous read, so that a marker
+                        // split over two reads is still seen.
+                        let mut seen = Vec::new();
+                        let mut after_mark = Vec::new();
                         loop {
                             let n = from_client.read(&mut buf).await.unwrap_or(0);
                             if n == 0 {
                                 return;
                             }
+                            seen.drain(..seen.len().saturating_sub(64));
+                            seen.extend_from_slice(&buf[..n]);
                             let armed = ambush.lock().unwrap().clone();
-                            if armed.is_some_and(|m| holds(&buf[..n], &m)) {
+                            if armed.is_some_and(|m| holds(&seen, &m)) {
                                 marked.store(true, Ordering::SeqCst);
                             }
-                            let armed = detach.lock().unwrap().clone();
-                            if armed.is_some_and(|m| holds(&buf[..n], &m)) {
-                                detaching.store(true, Ordering::SeqCst);
+                            // What the client sent from the marker on: the
+                            // COMMIT looked for is the one after it.
+                            if detaching.load(Ordering::SeqCst) {
+                                after_mark.extend_from_slice(&buf[..n]);
+                            } else if let Some(m) = detach.lock().unwrap().clone() {
+                                if let Some(at) = seen.windows(m.len()).position(|w| w == m) {
+                                    detaching.store(true, Ordering::SeqCst);
+                                    after_mark = seen[at..].to_vec();
+                                }
                             }
                             if to_server.write_all(&buf[..n]).await.is_err() {
                                 return;
                             }
-                            if detaching.load(Ordering::SeqCst) && holds(&buf[..n], b"COMMIT\0") {
+                            if detaching.load(Ordering::SeqCst) && holds(&after_mark, b"COMMIT\0") {
                                 detach.lock().unwrap().take();
                                 detached.store(true, Ordering::SeqCst);
                                 return; // the client's side closes below
@@ -679,21 +691,42 @@ async fn a_commit_still_running_when_its_client_is_gone_is_released_once_it_ends
         .await;
     assert_eq!(warm.body["status"], "accepted");
     sink.wait_for(1, Duration::from_secs(20)).await;
-    // A session of the test's own holds back every insert of an event.
+    // A session of the test's own holds back every insert of an event
+    // while it holds an advisory lock: a trigger waits for that lock when
+    // the insert runs (not when it is planned, so a connection that has not
+    // prepared the statement yet is held back at the same point). The
+    // session's connection runs on a thread of its own, so that a failing
+    // test still closes it (and its lock) before the schema is dropped.
     let (blocker, connection) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
         .await
         .unwrap();
-    tokio::spawn(connection);
+    std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(connection)
+    });
+    let hold: i64 = 0x686f_6c64_0000_0000 | i64::from(rand::random::<u32>());
     blocker
         .batch_execute(&format!(
-            "BEGIN; LOCK TABLE {}.events IN SHARE MODE",
-            db.schema
+            "CREATE FUNCTION {s}.hold_inserts() RETURNS trigger LANGUAGE plpgsql AS
+               $$ BEGIN PERFORM pg_advisory_xact_lock({hold}); RETURN NEW; END $$;
+             CREATE TRIGGER hold BEFORE INSERT ON {s}.events
+               FOR EACH ROW EXECUTE FUNCTION {s}.hold_inserts();
+             SELECT pg_advisory_lock({hold})",
+            s = db.schema
         ))
         .await
         .unwrap();
     proxy.leave_the_server_alone_with("still-running-commit");
     let body = muapi_body("still-running-commit", "completed");
-    let first = client.post("/hooks/muapi", TOKEN, &body).await;
+    let first = tokio::time::timeout(
+        Duration::from_secs(30),
+        client.post("/hooks/muapi", TOKEN, &body),
+    )
+    .await
+    .expect("the callback was not answered");
     assert_eq!(
         first.status,
         StatusCode::SERVICE_UNAVAILABLE,
@@ -707,7 +740,10 @@ async fn a_commit_still_running_when_its_client_is_gone_is_released_once_it_ends
     let release_waits = release_waits_for_batch(&blocker, &db.schema).await;
     // The batch goes on and commits for a client that is gone; then the
     // release gives its claims back and the deliveries go out.
-    blocker.batch_execute("ROLLBACK").await.unwrap();
+    blocker
+        .batch_execute(&format!("SELECT pg_advisory_unlock({hold})"))
+        .await
+        .unwrap();
     assert!(
         release_waits,
         "the release did not wait for the unanswered batch to end"

@@ -863,6 +863,37 @@ impl Backend for Postgres {
 
 conformance!(postgres, Postgres::new());
 
+/// A callback and an attempt result the server refuses, in one batch (the
+/// writers take waiting results with callbacks): the callback is still
+/// accepted, because a batch the server refuses is committed again one
+/// kind at a time, and only the result is refused.
+#[tokio::test]
+async fn postgres_a_result_the_server_refuses_does_not_refuse_the_callback_beside_it() {
+    let backend = Postgres::new();
+    let store = backend.fresh().await;
+    assert_eq!(
+        store.append(event(1, &["a"], T0)).await.unwrap(),
+        AppendOutcome::Accepted
+    );
+    // Both are queued in one turn of this (single-threaded) test before the
+    // writer runs: it takes them into one batch.
+    let (appended, recorded) = tokio::join!(
+        store.append(event(2, &["a"], T0)),
+        store.record_attempt(update(1, "a", 1, 500, T0 + 1, dead("bad\u{0}reason"))),
+    );
+    assert_eq!(appended.unwrap(), AppendOutcome::Accepted);
+    assert!(recorded.is_err(), "a result with a NUL cannot be stored");
+    assert!(store.event(EventId(2)).await.unwrap().is_some());
+    assert_eq!(
+        store
+            .record_attempt(update(1, "a", 1, 200, T0 + 2, Next::Delivered))
+            .await
+            .unwrap(),
+        Recorded::Applied
+    );
+    store.close().await;
+}
+
 /// A batch whose statement fails (here: text PostgreSQL cannot hold, which
 /// intake never lets through) commits nothing, answers an error, and leaves
 /// no connection of the pool inside a transaction: every later batch, on

@@ -290,9 +290,13 @@ impl Sql {
                  WHERE owner IS NOT DISTINCT FROM $1 AND route = $2 AND subscriber = $3
                    AND event_id = ANY($4) AND state = 0"
             ),
+            // Only events of that batch: the same id received at another
+            // time is an earlier event whose claims may be a lane's.
             release_events: format!(
-                "UPDATE {s}.deliveries SET owner = NULL, lease_until = NULL
-                 WHERE owner = $1 AND event_id = ANY($2) AND state = 0"
+                "UPDATE {s}.deliveries d SET owner = NULL, lease_until = NULL
+                 FROM {s}.events e, unnest($2::bytea[], $3::bigint[]) AS b(id, received_ms)
+                 WHERE e.id = b.id AND e.received_ms = b.received_ms
+                   AND d.event_id = e.id AND d.owner = $1 AND d.state = 0"
             ),
             renew: format!(
                 "INSERT INTO {s}.replicas (owner, alive_until, started_ms)
@@ -516,6 +520,22 @@ impl Inner {
     /// values).
     fn failed(&self, e: tokio_postgres::Error) -> StoreError {
         match e.as_db_error() {
+            // The server ends the session (shutting down, restarting, the
+            // backend terminated: class 57P) or the connection is broken
+            // (class 08): the server is gone as surely as when the socket
+            // fails, and a commit in flight may or may not have been made.
+            Some(db)
+                if ["57P", "08"]
+                    .iter()
+                    .any(|c| db.code().code().starts_with(c)) =>
+            {
+                self.available.store(false, Ordering::Relaxed);
+                StoreError::Unavailable(format!(
+                    "PostgreSQL: {} ({})",
+                    db.message(),
+                    db.code().code()
+                ))
+            }
             Some(db) => StoreError::Backend(format!(
                 "PostgreSQL: {} ({})",
                 db.message(),
@@ -727,7 +747,8 @@ async fn writer_loop(inner: Arc<Inner>, queue: Arc<Queue>, max_batch: usize) {
                 tokio::pin!(done);
                 done.as_mut().enable();
                 if queue.committing.load(Ordering::Acquire) == 0
-                    || rx.appends.len().saturating_add(1) >= OVERLAP_FROM
+                    || rx.appends.len() + usize::from(matches!(batch[0], Write::Append(..)))
+                        >= OVERLAP_FROM
                     || rx.attempts.len() >= max_batch
                 {
                     break;
@@ -741,38 +762,67 @@ async fn writer_loop(inner: Arc<Inner>, queue: Arc<Queue>, max_batch: usize) {
         }
         let committing = Committing(&queue);
         let started = Instant::now();
-        let size = batch.len();
         let result = commit_batch(&inner, &batch).await;
         drop(committing);
+        let mixed = batch.iter().any(|w| matches!(w, Write::Append(..)))
+            && batch.iter().any(|w| matches!(w, Write::Attempt(..)));
         match result {
-            Ok((appends, attempts)) => {
-                inner.available.store(true, Ordering::Relaxed);
-                if let Some(observe) = &inner.observer {
-                    observe(size, started.elapsed());
+            Err(StoreError::Backend(e)) if mixed => {
+                // The server refused a statement of one kind (a result it
+                // cannot store, say): each kind is committed alone, so
+                // that no callback is refused for a result beside it, nor
+                // a result for a callback.
+                tracing::warn!(error = %e, "a batch failed on the server; its callbacks and results are committed apart");
+                let (appends, attempts): (Vec<Write>, Vec<Write>) = batch
+                    .drain(..)
+                    .partition(|w| matches!(w, Write::Append(..)));
+                for part in [appends, attempts] {
+                    let started = Instant::now();
+                    let result = commit_batch(&inner, &part).await;
+                    answer(&inner, part, result, started);
                 }
-                let (mut a, mut r) = (appends.into_iter(), attempts.into_iter());
-                for write in batch.drain(..) {
-                    match write {
-                        Write::Append(_, reply) => {
-                            let _ = reply.send(Ok(a.next().expect("one outcome per append")));
-                        }
-                        Write::Attempt(_, reply) => {
-                            let _ = reply.send(Ok(r.next().expect("one result per attempt")));
-                        }
+            }
+            result => answer(&inner, std::mem::take(&mut batch), result, started),
+        }
+    }
+}
+
+/// Sends each write of a committed (or failed) batch its answer.
+fn answer(
+    inner: &Inner,
+    batch: Vec<Write>,
+    result: Result<(Vec<AppendOutcome>, Vec<Recorded>), StoreError>,
+    started: Instant,
+) {
+    let size = batch.len();
+    match result {
+        Ok((appends, attempts)) => {
+            inner.available.store(true, Ordering::Relaxed);
+            if let Some(observe) = &inner.observer {
+                observe(size, started.elapsed());
+            }
+            let (mut a, mut r) = (appends.into_iter(), attempts.into_iter());
+            for write in batch {
+                match write {
+                    Write::Append(_, reply) => {
+                        let _ = reply.send(Ok(a.next().expect("one outcome per append")));
+                    }
+                    Write::Attempt(_, reply) => {
+                        let _ = reply.send(Ok(r.next().expect("one result per attempt")));
                     }
                 }
             }
-            Err(e) => {
-                tracing::error!(error = %e, batch = size, "PostgreSQL commit failed");
-                for write in batch.drain(..) {
-                    let err = || StoreError::Unavailable(e.to_string());
-                    match write {
-                        Write::Append(_, reply) => {
-                            let _ = reply.send(Err(err()));
-                        }
-                        Write::Attempt(_, reply) => {
-                            let _ = reply.send(Err(err()));
-                        }
+        }
+        Err(e) => {
+            tracing::error!(error = %e, batch = size, "PostgreSQL commit failed");
+            for write in batch {
+                let err = || StoreError::Unavailable(e.to_string());
+                match write {
+                    Write::Append(_, reply) => {
+                        let _ = reply.send(Err(err()));
+                    }
+                    Write::Attempt(_, reply) => {
+                        let _ = reply.send(Err(err()));
                     }
                 }
             }
@@ -782,7 +832,8 @@ async fn writer_loop(inner: Arc<Inner>, queue: Arc<Queue>, max_batch: usize) {
 
 /// Fills a batch whose first write is taken: every waiting append first
 /// (up to `max_batch`), then the waiting attempt results, at most
-/// [`ATTEMPTS_WITH_APPENDS`] beside appends and `max_batch` without.
+/// [`ATTEMPTS_WITH_APPENDS`] beside appends and never past `max_batch`
+/// writes in all.
 fn take_batch(rx: &mut Receivers, batch: &mut Vec<Write>, max_batch: usize) {
     while batch.len() < max_batch {
         match rx.appends.try_recv() {
@@ -795,7 +846,7 @@ fn take_batch(rx: &mut Receivers, batch: &mut Vec<Write>, max_batch: usize) {
         .filter(|w| matches!(w, Write::Append(..)))
         .count();
     let room = if appends > 0 {
-        ATTEMPTS_WITH_APPENDS
+        ATTEMPTS_WITH_APPENDS.min(max_batch.saturating_sub(appends))
     } else {
         max_batch
     };
@@ -819,8 +870,10 @@ fn batch_lock(inner: &Inner) -> i64 {
 }
 
 /// Longest a release waits at a time for the unanswered batch to end
-/// before it lets its connection go and tries again.
-const RELEASE_LOCK_WAIT: &str = "10s";
+/// before it lets its connection go and tries again (a transaction whose
+/// client is gone ends when the server notices, at the latest through TCP
+/// keepalive: each try holds one pooled connection for this long).
+const RELEASE_LOCK_WAIT: &str = "2s";
 
 /// Gives back the claims that a batch whose commit went unanswered may have
 /// taken (the connection failed after the `COMMIT` was sent, so the
@@ -833,12 +886,19 @@ const RELEASE_LOCK_WAIT: &str = "10s";
 /// muapi retry of such a callback then answers `duplicate`, and the
 /// deliveries are claimed like any free work, by whichever replica's
 /// lanes come first.
-async fn release_unanswered(inner: Arc<Inner>, ids: Vec<Vec<u8>>, key: i64) {
+async fn release_unanswered(inner: Arc<Inner>, ids: Vec<Vec<u8>>, received: Vec<i64>, key: i64) {
     let mut pause = Duration::from_millis(100);
     loop {
         let released = async {
             let mut client = inner.client().await?;
-            let tx = client.transaction().await.map_err(|e| inner.failed(e))?;
+            // Read committed whatever the server's default: the release
+            // must read with a snapshot taken after the lock is granted.
+            let tx = client
+                .build_transaction()
+                .isolation_level(tokio_postgres::IsolationLevel::ReadCommitted)
+                .start()
+                .await
+                .map_err(|e| inner.failed(e))?;
             // Its own statement: the release below reads with a snapshot
             // taken after the lock is granted.
             tx.batch_execute(&format!(
@@ -847,7 +907,7 @@ async fn release_unanswered(inner: Arc<Inner>, ids: Vec<Vec<u8>>, key: i64) {
             .await
             .map_err(|e| inner.failed(e))?;
             let n = tx
-                .execute(&inner.sql.release_events, &[&inner.owner, &ids])
+                .execute(&inner.sql.release_events, &[&inner.owner, &ids, &received])
                 .await
                 .map_err(|e| inner.failed(e))?;
             if n > 0 {
@@ -1099,7 +1159,7 @@ async fn commit_batch(
                 // these events, yet their deliveries would then be claimed
                 // by this live replica for good: give the claims back.
                 let key = lock.expect("a batch with appends holds a lock");
-                tokio::spawn(release_unanswered(inner.clone(), ids, key));
+                tokio::spawn(release_unanswered(inner.clone(), ids, received, key));
             }
             return Err(error);
         }
@@ -2225,11 +2285,14 @@ mod tests {
     }
 
     #[test]
-    fn appends_are_bounded_by_max_batch_and_results_still_ride_along() {
+    fn a_batch_never_passes_max_batch_and_results_fill_what_appends_leave() {
         let mut rx = queues(100, 10);
         let mut batch = vec![append(200)];
         take_batch(&mut rx, &mut batch, 64);
-        assert_eq!(kinds(&batch), (64, 10));
+        assert_eq!(kinds(&batch), (64, 0));
         assert_eq!(rx.appends.len(), 37);
+        let mut batch = vec![append(201)];
+        take_batch(&mut rx, &mut batch, 64);
+        assert_eq!(kinds(&batch), (38, 10));
     }
 }
