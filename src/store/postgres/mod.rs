@@ -1828,10 +1828,12 @@ impl Store for PostgresStore {
         let s = &inner.schema;
         let mut client = inner.client().await?;
         let tx = client.transaction().await.map_err(|e| inner.failed(e))?;
-        // One replica prunes at a time; the others skip this run.
+        // One replica prunes at a time; the others skip this run. The key
+        // is the migrations' plus one, wrapping (never an int overflow).
         let got: bool = tx
             .query_one(
-                "SELECT pg_try_advisory_xact_lock($1, hashtext($2) + 1)",
+                "SELECT pg_try_advisory_xact_lock($1,
+                   CASE WHEN hashtext($2) = 2147483647 THEN -2147483648 ELSE hashtext($2) + 1 END)",
                 &[&LOCK_SPACE, &inner.schema],
             )
             .await
