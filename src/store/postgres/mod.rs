@@ -1119,8 +1119,6 @@ async fn commit_batch(
             return Err(error);
         }
     };
-    // `biased`: polled in this order, each sends its request on its first
-    // poll, so the server receives them in this order.
     // A batch that appends holds its own advisory lock until it ends, so
     // that if its answer is lost the claims it may take are given back
     // only once it has ended (`release_unanswered`).
@@ -1131,6 +1129,8 @@ async fn commit_batch(
         )),
         None => std::borrow::Cow::Borrowed(BEGIN_BY_KEY),
     };
+    // `biased`: polled in this order, each sends its request on its first
+    // poll, so the server receives them in this order.
     let sent = tokio::try_join!(
         biased;
         client.batch_execute(&begin),
