@@ -582,6 +582,38 @@ async fn losing_the_database_means_503_then_recovery_without_a_restart() {
     gw.shutdown().await;
 }
 
+/// A gateway whose store reaches the test database through a [`Proxy`],
+/// with one callback accepted and delivered: the writer's connections are
+/// open and have prepared their statements.
+struct Proxied {
+    gw: hookrelay::Gateway,
+    client: TestClient,
+    sink: Sink,
+    proxy: Proxy,
+    db: TestSchema,
+}
+
+async fn proxied_and_warm() -> Proxied {
+    let db = TestSchema::new();
+    let server = server_of(&db).await;
+    let proxy = Proxy::start(server).await;
+    let sink = Sink::start().await;
+    let gw = gateway_behind(&db, server, &proxy, &sink, "5s").await;
+    let client = TestClient::plain(gw.ingress_addr);
+    let warm = client
+        .post("/hooks/muapi", TOKEN, &muapi_body("warm-up", "completed"))
+        .await;
+    assert_eq!(warm.body["status"], "accepted");
+    sink.wait_for(1, Duration::from_secs(20)).await;
+    Proxied {
+        gw,
+        client,
+        sink,
+        proxy,
+        db,
+    }
+}
+
 /// The connection fails after the batch's `COMMIT` was carried out but
 /// before its answer arrived: the caller is answered 503 (the gateway
 /// cannot know), and the deliveries that commit created must not stay
@@ -590,18 +622,14 @@ async fn losing_the_database_means_503_then_recovery_without_a_restart() {
 /// callback answers `duplicate`.
 #[tokio::test]
 async fn a_commit_whose_answer_is_lost_is_still_delivered_without_a_restart() {
-    let db = TestSchema::new();
-    let server = server_of(&db).await;
-    let proxy = Proxy::start(server).await;
-    let sink = Sink::start().await;
-    let gw = gateway_behind(&db, server, &proxy, &sink, "5s").await;
-    let client = TestClient::plain(gw.ingress_addr);
-    // The writer's connection is open and has prepared its statements.
-    let warm = client
-        .post("/hooks/muapi", TOKEN, &muapi_body("warm-up", "completed"))
-        .await;
-    assert_eq!(warm.body["status"], "accepted");
-    sink.wait_for(1, Duration::from_secs(20)).await;
+    // Bound schema first, so that it drops last.
+    let Proxied {
+        db: _db,
+        proxy,
+        sink,
+        client,
+        gw,
+    } = proxied_and_warm().await;
     proxy.lose_the_commit_answer_of("lost-commit-answer");
     let body = muapi_body("lost-commit-answer", "completed");
     let first = client.post("/hooks/muapi", TOKEN, &body).await;
@@ -680,17 +708,14 @@ async fn release_waits_for_batch(db: &tokio_postgres::Client, schema: &str) -> b
 /// claimed by this live replica for good.
 #[tokio::test]
 async fn a_commit_still_running_when_its_client_is_gone_is_released_once_it_ends() {
-    let db = TestSchema::new();
-    let server = server_of(&db).await;
-    let proxy = Proxy::start(server).await;
-    let sink = Sink::start().await;
-    let gw = gateway_behind(&db, server, &proxy, &sink, "5s").await;
-    let client = TestClient::plain(gw.ingress_addr);
-    let warm = client
-        .post("/hooks/muapi", TOKEN, &muapi_body("warm-up", "completed"))
-        .await;
-    assert_eq!(warm.body["status"], "accepted");
-    sink.wait_for(1, Duration::from_secs(20)).await;
+    // Bound schema first, so that it drops last.
+    let Proxied {
+        db,
+        proxy,
+        sink,
+        client,
+        gw,
+    } = proxied_and_warm().await;
     // A session of the test's own holds back every insert of an event
     // while it holds an advisory lock: a trigger waits for that lock when
     // the insert runs (not when it is planned, so a connection that has not
